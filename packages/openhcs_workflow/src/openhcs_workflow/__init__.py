@@ -1,0 +1,3 @@
+"""openhcs_workflow."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""reactive_services."""
+
+__all__: list[str] = []

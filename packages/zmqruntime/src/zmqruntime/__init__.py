@@ -1,0 +1,3 @@
+"""zmqruntime."""
+
+__all__: list[str] = []
