@@ -1,3 +1,102 @@
-"""zmqruntime."""
+"""zmqruntime: a signed JSON wire protocol over ZeroMQ, an execution server and its client.
 
-__all__: list[str] = []
+See docs/protocol.md for the protocol this package implements.
+"""
+
+from zmqruntime.arrays import ZERO_COPY_THRESHOLD
+from zmqruntime.codec import (
+    PROTOCOL_VERSION,
+    Envelope,
+    MalformedMessage,
+    Replayed,
+    TooLarge,
+    Unauthorized,
+    UnsupportedProtocol,
+    WireCodec,
+    WireError,
+)
+from zmqruntime.connection import ConnectionInfo
+from zmqruntime.execution_status import LEGAL_TRANSITIONS, ExecutionStatus
+from zmqruntime.json_types import JsonObject, JsonValue, to_json_value
+from zmqruntime.messages import (
+    MESSAGE_TYPES,
+    Cancel,
+    CancelNotice,
+    CancelReply,
+    ErrorCode,
+    ErrorInfo,
+    ErrorReply,
+    ExecutionEvent,
+    ExecutionRecord,
+    Heartbeat,
+    Message,
+    Ping,
+    Pong,
+    QueuedExecution,
+    RunningExecution,
+    ServerCounters,
+    ServerStatus,
+    Shutdown,
+    ShutdownReply,
+    StatusReply,
+    StatusRequest,
+    Submit,
+    SubmitReply,
+    WorkerInfo,
+    WorkerStarted,
+)
+from zmqruntime.progress import Phase, ProgressStatus, ProgressUpdate
+from zmqruntime.schema import SchemaError, WireModel
+from zmqruntime.signing import MessageSigner, ReplayGuard, new_key
+
+__all__ = [
+    "LEGAL_TRANSITIONS",
+    "MESSAGE_TYPES",
+    "PROTOCOL_VERSION",
+    "ZERO_COPY_THRESHOLD",
+    "Cancel",
+    "CancelNotice",
+    "CancelReply",
+    "ConnectionInfo",
+    "Envelope",
+    "ErrorCode",
+    "ErrorInfo",
+    "ErrorReply",
+    "ExecutionEvent",
+    "ExecutionRecord",
+    "ExecutionStatus",
+    "Heartbeat",
+    "JsonObject",
+    "JsonValue",
+    "MalformedMessage",
+    "Message",
+    "MessageSigner",
+    "Phase",
+    "Ping",
+    "Pong",
+    "ProgressStatus",
+    "ProgressUpdate",
+    "QueuedExecution",
+    "ReplayGuard",
+    "Replayed",
+    "RunningExecution",
+    "SchemaError",
+    "ServerCounters",
+    "ServerStatus",
+    "Shutdown",
+    "ShutdownReply",
+    "StatusReply",
+    "StatusRequest",
+    "Submit",
+    "SubmitReply",
+    "TooLarge",
+    "Unauthorized",
+    "UnsupportedProtocol",
+    "WireCodec",
+    "WireError",
+    "WireModel",
+    "WorkerInfo",
+    "WorkerStarted",
+    "new_key",
+    "to_json_value",
+]
