@@ -4,6 +4,7 @@ See docs/protocol.md for the protocol this package implements.
 """
 
 from zmqruntime.arrays import ZERO_COPY_THRESHOLD
+from zmqruntime.blocking import LoopThread, run_blocking
 from zmqruntime.codec import (
     PROTOCOL_VERSION,
     Envelope,
@@ -16,6 +17,26 @@ from zmqruntime.codec import (
     WireError,
 )
 from zmqruntime.connection import ConnectionInfo
+from zmqruntime.engines import (
+    BatchAborted,
+    BatchPhase,
+    BatchResult,
+    BatchSubmitWaitEngine,
+    BatchSubmitWaitPolicyABC,
+    CallbackBatchSubmitWaitPolicy,
+    CallbackExecutionStatusPollPolicy,
+    ExecutionSignals,
+    ExecutionStatusPoller,
+    ExecutionStatusPollPolicyABC,
+    ExecutionWatch,
+    HookError,
+    JobOutcome,
+    JobOutcomeKind,
+    PollOutcome,
+    PollOutcomeKind,
+    StatusObservation,
+    WakeReason,
+)
 from zmqruntime.execution_status import LEGAL_TRANSITIONS, ExecutionStatus
 from zmqruntime.json_types import JsonObject, JsonValue, to_json_value
 from zmqruntime.messages import (
@@ -54,6 +75,13 @@ __all__ = [
     "MESSAGE_TYPES",
     "PROTOCOL_VERSION",
     "ZERO_COPY_THRESHOLD",
+    "BatchAborted",
+    "BatchPhase",
+    "BatchResult",
+    "BatchSubmitWaitEngine",
+    "BatchSubmitWaitPolicyABC",
+    "CallbackBatchSubmitWaitPolicy",
+    "CallbackExecutionStatusPollPolicy",
     "Cancel",
     "CancelNotice",
     "CancelReply",
@@ -64,15 +92,25 @@ __all__ = [
     "ErrorReply",
     "ExecutionEvent",
     "ExecutionRecord",
+    "ExecutionSignals",
     "ExecutionStatus",
+    "ExecutionStatusPollPolicyABC",
+    "ExecutionStatusPoller",
+    "ExecutionWatch",
     "Heartbeat",
+    "HookError",
+    "JobOutcome",
+    "JobOutcomeKind",
     "JsonObject",
     "JsonValue",
+    "LoopThread",
     "MalformedMessage",
     "Message",
     "MessageSigner",
     "Phase",
     "Ping",
+    "PollOutcome",
+    "PollOutcomeKind",
     "Pong",
     "ProgressStatus",
     "ProgressUpdate",
@@ -85,6 +123,7 @@ __all__ = [
     "ServerStatus",
     "Shutdown",
     "ShutdownReply",
+    "StatusObservation",
     "StatusReply",
     "StatusRequest",
     "Submit",
@@ -92,11 +131,13 @@ __all__ = [
     "TooLarge",
     "Unauthorized",
     "UnsupportedProtocol",
+    "WakeReason",
     "WireCodec",
     "WireError",
     "WireModel",
     "WorkerInfo",
     "WorkerStarted",
     "new_key",
+    "run_blocking",
     "to_json_value",
 ]
