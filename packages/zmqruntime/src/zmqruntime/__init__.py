@@ -5,6 +5,15 @@ See docs/protocol.md for the protocol this package implements.
 
 from zmqruntime.arrays import ZERO_COPY_THRESHOLD
 from zmqruntime.blocking import LoopThread, run_blocking
+from zmqruntime.blocking_client import BlockingExecutionClient
+from zmqruntime.client import (
+    ClientClosed,
+    ClientEvent,
+    ExecutionClient,
+    Resynced,
+    ServerError,
+    ServerUnavailable,
+)
 from zmqruntime.codec import (
     PROTOCOL_VERSION,
     Envelope,
@@ -68,6 +77,16 @@ from zmqruntime.messages import (
 )
 from zmqruntime.progress import Phase, ProgressStatus, ProgressUpdate
 from zmqruntime.schema import SchemaError, WireModel
+from zmqruntime.server import (
+    ExecutionCancelled,
+    ExecutionServer,
+    HandlerSpecError,
+    JobContext,
+    ServerProcess,
+    ServerProcessError,
+    ServerStartError,
+    start_server_process,
+)
 from zmqruntime.signing import MessageSigner, ReplayGuard, new_key
 
 __all__ = [
@@ -80,25 +99,33 @@ __all__ = [
     "BatchResult",
     "BatchSubmitWaitEngine",
     "BatchSubmitWaitPolicyABC",
+    "BlockingExecutionClient",
     "CallbackBatchSubmitWaitPolicy",
     "CallbackExecutionStatusPollPolicy",
     "Cancel",
     "CancelNotice",
     "CancelReply",
+    "ClientClosed",
+    "ClientEvent",
     "ConnectionInfo",
     "Envelope",
     "ErrorCode",
     "ErrorInfo",
     "ErrorReply",
+    "ExecutionCancelled",
+    "ExecutionClient",
     "ExecutionEvent",
     "ExecutionRecord",
+    "ExecutionServer",
     "ExecutionSignals",
     "ExecutionStatus",
     "ExecutionStatusPollPolicyABC",
     "ExecutionStatusPoller",
     "ExecutionWatch",
+    "HandlerSpecError",
     "Heartbeat",
     "HookError",
+    "JobContext",
     "JobOutcome",
     "JobOutcomeKind",
     "JsonObject",
@@ -117,10 +144,16 @@ __all__ = [
     "QueuedExecution",
     "ReplayGuard",
     "Replayed",
+    "Resynced",
     "RunningExecution",
     "SchemaError",
     "ServerCounters",
+    "ServerError",
+    "ServerProcess",
+    "ServerProcessError",
+    "ServerStartError",
     "ServerStatus",
+    "ServerUnavailable",
     "Shutdown",
     "ShutdownReply",
     "StatusObservation",
@@ -139,5 +172,6 @@ __all__ = [
     "WorkerStarted",
     "new_key",
     "run_blocking",
+    "start_server_process",
     "to_json_value",
 ]

@@ -1,0 +1,534 @@
+"""The asynchronous execution client: control requests over DEALER, events over SUB.
+
+One `ExecutionClient` lives on one asyncio loop. It runs two background tasks on that loop
+(no threads): one reads replies and hands each to the request awaiting its `request_id`; one
+reads events, feeds the `ExecutionSignals` that pollers wake on, detects `seq` gaps and resyncs
+from a status snapshot. A monitor on the control socket fails every pending request at once
+when the connection to the server drops, so a dead server is an immediate `ServerUnavailable`,
+never a hang. See docs/protocol.md for the messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+from collections import OrderedDict
+from collections.abc import AsyncGenerator, Mapping
+from typing import Any, TypeVar, overload
+
+import attrs
+import zmq
+import zmq.asyncio
+from zmq.utils.monitor import parse_monitor_message
+
+from zmqruntime.codec import Envelope, WireCodec, WireError
+from zmqruntime.connection import ConnectionInfo
+from zmqruntime.engines import (
+    CallbackExecutionStatusPollPolicy,
+    ExecutionSignals,
+    ExecutionStatusPoller,
+    PollOutcome,
+    StatusObservation,
+)
+from zmqruntime.messages import (
+    Cancel,
+    CancelReply,
+    ErrorReply,
+    ExecutionEvent,
+    Heartbeat,
+    Ping,
+    Pong,
+    ServerStatus,
+    Shutdown,
+    ShutdownReply,
+    StatusReply,
+    StatusRequest,
+    Submit,
+    SubmitReply,
+)
+from zmqruntime.progress import ProgressUpdate
+
+__all__ = [
+    "ClientClosed",
+    "ClientEvent",
+    "ExecutionClient",
+    "Resynced",
+    "ServerError",
+    "ServerUnavailable",
+]
+
+log = logging.getLogger(__name__)
+
+_Reply = TypeVar("_Reply")
+
+#: How many executions the gap detector remembers; the oldest are forgotten first.
+_TRACKED_EXECUTIONS = 4096
+
+
+class ServerError(Exception):
+    """The server answered a request with an `error` reply (docs/protocol.md §8)."""
+
+    def __init__(self, code: str, message: str, details: Mapping[str, Any] | None = None) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.details: Mapping[str, Any] = dict(details or {})
+
+
+class ServerUnavailable(ConnectionError):
+    """No server answered: not reachable, connection lost, or no reply before the deadline."""
+
+
+class ClientClosed(RuntimeError):
+    """The client was closed while a request was in flight, or used after `close()`."""
+
+
+@attrs.frozen(kw_only=True)
+class Resynced:
+    """Yielded by `events()` after a `seq` gap: the status snapshot that replaces what was lost."""
+
+    execution_id: str
+    snapshot: StatusReply
+
+
+ClientEvent = ProgressUpdate | ExecutionEvent | Heartbeat | Resynced
+"""What `ExecutionClient.events()` yields."""
+
+
+class _Subscription:
+    """One `events()` iterator's bounded inbox; overflow is a gap the iterator resyncs."""
+
+    def __init__(self, execution_id: str | None, capacity: int) -> None:
+        self.execution_id = execution_id
+        self.queue: asyncio.Queue[ClientEvent] = asyncio.Queue(maxsize=capacity)
+        self.overflowed: set[str] = set()
+
+    def wants(self, execution_id: str | None) -> bool:
+        return self.execution_id is None or self.execution_id == execution_id
+
+    def offer(self, event: ClientEvent, execution_id: str | None) -> None:
+        try:
+            self.queue.put_nowait(event)
+        except asyncio.QueueFull:
+            if execution_id is not None:
+                self.overflowed.add(execution_id)
+
+
+class ExecutionClient:
+    """Async client of one execution server.
+
+    Use `await ExecutionClient.connect(path_or_info)` or `async with ExecutionClient(info)`.
+    Every request has a deadline (`request_timeout`, overridable per call); a request fails
+    with `ServerUnavailable` when no server is connected or the connection drops, and with
+    `ServerError` when the server refuses it.
+    """
+
+    def __init__(
+        self,
+        info: ConnectionInfo,
+        *,
+        request_timeout: float = 10.0,
+        connect_timeout: float = 2.0,
+        subscribe_events: bool = True,
+        event_buffer: int = 10_000,
+    ) -> None:
+        if request_timeout <= 0 or connect_timeout <= 0:
+            raise ValueError("request_timeout and connect_timeout must be positive")
+        self.info = info
+        self.request_timeout = request_timeout
+        self.connect_timeout = connect_timeout
+        self.signals = ExecutionSignals()
+        self._subscribe_events = subscribe_events
+        self._event_buffer = event_buffer
+        self._codec = WireCodec(info.key)
+        self._client_id = secrets.token_hex(4)
+        self._counter = 0
+        self._pending: dict[str, asyncio.Future[Any]] = {}
+        self._subscriptions: list[_Subscription] = []
+        self._last_seq: OrderedDict[str, int] = OrderedDict()
+        self._resyncing: set[str] = set()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._ctx: zmq.asyncio.Context | None = None
+        self._control: zmq.asyncio.Socket | None = None
+        self._events: zmq.asyncio.Socket | None = None
+        self._monitor: zmq.asyncio.Socket | None = None
+        self._server_epoch: str | None = None
+        self._closed = False
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    @classmethod
+    async def connect(
+        cls, source: ConnectionInfo | str | os.PathLike[str], **options: Any
+    ) -> ExecutionClient:
+        """Open a client from a `ConnectionInfo` or the path of a connection file."""
+        info = source if isinstance(source, ConnectionInfo) else ConnectionInfo.read(source)
+        client = cls(info, **options)
+        await client.open()
+        return client
+
+    async def open(self) -> None:
+        """Create the sockets and start the reader tasks on the running loop."""
+        if self._closed:
+            raise ClientClosed("this client was closed; create a new one")
+        if self._ctx is not None:
+            return
+        self._ctx = zmq.asyncio.Context()
+        control = self._ctx.socket(zmq.DEALER)
+        control.setsockopt(zmq.LINGER, 0)
+        control.setsockopt(zmq.IMMEDIATE, 1)
+        self._monitor = control.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        control.connect(self.info.control)
+        self._control = control
+        self._tasks.append(asyncio.create_task(self._read_replies(), name="zmqruntime-replies"))
+        self._tasks.append(asyncio.create_task(self._watch_connection(), name="zmqruntime-monitor"))
+        if self._subscribe_events:
+            events = self._ctx.socket(zmq.SUB)
+            events.setsockopt(zmq.LINGER, 0)
+            events.setsockopt(zmq.RCVHWM, 100_000)
+            events.setsockopt(zmq.SUBSCRIBE, b"")
+            events.connect(self.info.events)
+            self._events = events
+            self._tasks.append(asyncio.create_task(self._read_events(), name="zmqruntime-events"))
+
+    async def close(self) -> None:
+        """Cancel the reader tasks, fail pending requests and close every socket."""
+        if self._closed:
+            return
+        self._closed = True
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        self._fail_pending(ClientClosed("client closed"))
+        if self._control is not None and self._monitor is not None:
+            self._control.disable_monitor()
+        for sock in (self._monitor, self._control, self._events):
+            if sock is not None:
+                sock.close(linger=0)
+        if self._ctx is not None:
+            self._ctx.term()
+        self._ctx = self._control = self._events = self._monitor = None
+
+    async def __aenter__(self) -> ExecutionClient:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def server_epoch(self) -> str | None:
+        """The epoch of the server last heard from (a new one means it restarted)."""
+        return self._server_epoch
+
+    # -- requests -------------------------------------------------------------------------
+
+    async def ping(self, *, timeout: float | None = None) -> Pong:
+        """Round trip to the server; `ServerUnavailable` if it does not answer."""
+        return await self._request(Ping(), Pong, timeout)
+
+    async def submit(
+        self,
+        handler: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        compile_only: bool = False,
+        compile_artifact_id: str | None = None,
+        label: str | None = None,
+        timeout: float | None = None,
+    ) -> SubmitReply:
+        """Queue one execution of a registered handler with JSON parameters."""
+        message = Submit(
+            handler=handler,
+            params=dict(params or {}),
+            compile_only=compile_only,
+            compile_artifact_id=compile_artifact_id,
+            label=label,
+        )
+        reply = await self._request(message, SubmitReply, timeout)
+        self._track(reply.execution_id, 0)
+        return reply
+
+    @overload
+    async def status(self, execution_id: str, *, timeout: float | None = None) -> StatusReply: ...
+
+    @overload
+    async def status(
+        self, execution_id: None = None, *, timeout: float | None = None
+    ) -> ServerStatus: ...
+
+    async def status(
+        self, execution_id: str | None = None, *, timeout: float | None = None
+    ) -> StatusReply | ServerStatus:
+        """One execution's record, latest progress and `seq`; without an id, the server's state."""
+        if execution_id is None:
+            return await self._request(StatusRequest(execution_id=None), ServerStatus, timeout)
+        return await self._request(StatusRequest(execution_id=execution_id), StatusReply, timeout)
+
+    async def cancel(
+        self, execution_id: str, *, force: bool = False, timeout: float | None = None
+    ) -> CancelReply:
+        """Cancel that execution only; `force` ends its worker process at once."""
+        return await self._request(
+            Cancel(execution_id=execution_id, force=force), CancelReply, timeout
+        )
+
+    async def shutdown(self, *, force: bool = False, timeout: float | None = None) -> ShutdownReply:
+        """Ask the server to exit: graceful lets running work finish, force ends it now."""
+        return await self._request(Shutdown(force=force), ShutdownReply, timeout)
+
+    async def observe(
+        self, execution_id: str, *, timeout: float | None = None
+    ) -> StatusObservation:
+        """The poller's view of one execution: status, record (as a dict), answering epoch."""
+        envelope = await self._exchange(StatusRequest(execution_id=execution_id), timeout)
+        reply = _expect(envelope.message, StatusReply, "status")
+        return StatusObservation(
+            status=reply.execution.status,
+            payload=reply.execution.to_wire(),
+            server_epoch=envelope.server_epoch,
+        )
+
+    async def wait(
+        self,
+        execution_id: str,
+        *,
+        timeout: float | None = None,
+        liveness_timeout: float = 10.0,
+        poll_interval: float = 1.0,
+    ) -> PollOutcome:
+        """Follow one execution to its outcome: pushed events wake it, polls confirm it.
+
+        Ends `lost` when neither replies nor events show the server alive for
+        `liveness_timeout` seconds (or the server restarted), `timed_out` after `timeout`.
+        """
+
+        async def poll(exec_id: str) -> StatusObservation:
+            return await self.observe(exec_id, timeout=min(self.request_timeout, liveness_timeout))
+
+        def keep_polling(_: str, error: Exception) -> bool:
+            # A server that answers "not found" is alive: waiting longer cannot help.
+            return not (isinstance(error, ServerError) and error.code == "not_found")
+
+        policy = CallbackExecutionStatusPollPolicy(
+            poll_status_fn=poll,
+            poll_interval_seconds_value=poll_interval,
+            deadline_seconds_value=timeout,
+            liveness_timeout_seconds_value=liveness_timeout,
+            on_poll_exception_fn=keep_polling,
+        )
+        return await ExecutionStatusPoller().run(execution_id, policy, signals=self.signals)
+
+    async def _request(self, message: Any, expected: type[_Reply], timeout: float | None) -> _Reply:
+        envelope = await self._exchange(message, timeout)
+        return _expect(envelope.message, expected, message.TYPE)
+
+    async def _exchange(self, message: Any, timeout: float | None) -> Envelope:
+        """Send one request and return the reply's envelope; error replies raise."""
+        if self._closed:
+            raise ClientClosed("client is closed")
+        if self._control is None:
+            await self.open()
+        assert self._control is not None
+        deadline = self.request_timeout if timeout is None else timeout
+        self._counter += 1
+        request_id = f"{self._client_id}-{self._counter}"
+        frames = self._codec.encode(message, request_id=request_id)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = future
+        try:
+            connect_ms = int(1000 * min(self.connect_timeout, deadline))
+            # pyzmq's stub for the async socket's poll() omits its `flags` argument.
+            writable = await self._control.poll(connect_ms, zmq.POLLOUT)  # type: ignore[call-arg]
+            if not writable:
+                raise ServerUnavailable(
+                    f"no server reachable at {self.info.control} within {connect_ms / 1000:g} s"
+                )
+            await self._control.send_multipart(frames, copy=False)
+            try:
+                reply = await asyncio.wait_for(future, deadline)
+            except TimeoutError:
+                raise ServerUnavailable(
+                    f"no reply to {message.TYPE!r} from {self.info.control} within {deadline:g} s"
+                ) from None
+        finally:
+            self._pending.pop(request_id, None)
+        assert isinstance(reply, Envelope)
+        if isinstance(reply.message, ErrorReply):
+            error = reply.message
+            raise ServerError(str(error.code), error.message, error.details)
+        return reply
+
+    def _fail_pending(self, error: BaseException) -> None:
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(error)
+        self._pending.clear()
+
+    # -- background tasks -----------------------------------------------------------------
+
+    async def _read_replies(self) -> None:
+        assert self._control is not None
+        while True:
+            frames = await self._control.recv_multipart(copy=False)
+            try:
+                envelope = self._codec.decode(frames)
+            except WireError as exc:
+                log.warning("dropped an invalid reply: %s", exc)
+                if exc.request_id in self._pending:
+                    self._pending[exc.request_id].set_exception(
+                        ServerError(str(exc.code), f"invalid reply from server: {exc.message}")
+                    )
+                continue
+            self._observe_epoch(envelope.server_epoch)
+            future = self._pending.get(envelope.request_id or "")
+            if future is not None and not future.done():
+                future.set_result(envelope)
+
+    async def _watch_connection(self) -> None:
+        assert self._monitor is not None
+        while True:
+            event = parse_monitor_message(await self._monitor.recv_multipart())
+            if event["event"] == zmq.EVENT_DISCONNECTED:
+                self._fail_pending(
+                    ServerUnavailable(f"connection to the server at {self.info.control} was lost")
+                )
+
+    async def _read_events(self) -> None:
+        assert self._events is not None
+        while True:
+            frames = await self._events.recv_multipart(copy=False)
+            try:
+                envelope = self._codec.decode(frames, topic=True)
+            except WireError as exc:
+                log.warning("dropped an invalid event: %s", exc)
+                continue
+            self._observe_epoch(envelope.server_epoch)
+            message = envelope.message
+            epoch = envelope.server_epoch
+            if isinstance(message, Heartbeat):
+                self.signals.notify_heartbeat(epoch)
+                self._fan_out(message, None)
+            elif isinstance(message, ProgressUpdate | ExecutionEvent):
+                execution_id = (
+                    message.execution_id
+                    if isinstance(message, ProgressUpdate)
+                    else message.record.execution_id
+                )
+                # Progress shows the server alive; only a status transition is worth a re-poll.
+                self.signals.notify_event(
+                    execution_id, epoch, wake=isinstance(message, ExecutionEvent)
+                )
+                self._check_sequence(execution_id, message.seq)
+                self._fan_out(message, execution_id)
+            # Cancel notices are for workers; clients ignore them.
+
+    def _observe_epoch(self, epoch: str | None) -> None:
+        if epoch is None or epoch == self._server_epoch:
+            return
+        if self._server_epoch is not None:
+            log.warning(
+                "server epoch changed %s -> %s: the server restarted", self._server_epoch, epoch
+            )
+            self._last_seq.clear()
+        self._server_epoch = epoch
+
+    def _fan_out(self, event: ClientEvent, execution_id: str | None) -> None:
+        for sub in self._subscriptions:
+            if sub.wants(execution_id):
+                sub.offer(event, execution_id)
+
+    # -- gap detection --------------------------------------------------------------------
+
+    def _track(self, execution_id: str, seq: int) -> None:
+        self._last_seq.setdefault(execution_id, seq)
+        self._last_seq.move_to_end(execution_id)
+        while len(self._last_seq) > _TRACKED_EXECUTIONS:
+            self._last_seq.popitem(last=False)
+
+    def _check_sequence(self, execution_id: str, seq: int) -> None:
+        last = self._last_seq.get(execution_id)
+        if last is None:
+            # First sight of an execution we did not submit: nothing to compare against.
+            self._track(execution_id, seq)
+            return
+        if seq <= last:
+            return  # duplicate or older than a snapshot already applied
+        self._last_seq[execution_id] = seq
+        self._last_seq.move_to_end(execution_id)
+        if seq > last + 1:
+            self._schedule_resync(execution_id)
+
+    def _schedule_resync(self, execution_id: str) -> None:
+        if execution_id in self._resyncing or self._closed:
+            return
+        self._resyncing.add(execution_id)
+        task = asyncio.create_task(
+            self._resync(execution_id), name=f"zmqruntime-resync-{execution_id}"
+        )
+        self._tasks.append(task)
+        task.add_done_callback(self._forget_task)
+
+    def _forget_task(self, task: asyncio.Task[None]) -> None:
+        with contextlib.suppress(ValueError):
+            self._tasks.remove(task)
+
+    async def _resync(self, execution_id: str) -> None:
+        try:
+            snapshot = await self.status(execution_id)
+        except (ServerError, ServerUnavailable, ClientClosed) as exc:
+            log.warning("resync of %s failed: %s", execution_id, exc)
+            return
+        finally:
+            self._resyncing.discard(execution_id)
+        last = self._last_seq.get(execution_id, 0)
+        self._last_seq[execution_id] = max(last, snapshot.seq)
+        self._fan_out(Resynced(execution_id=execution_id, snapshot=snapshot), execution_id)
+
+    # -- event iteration ------------------------------------------------------------------
+
+    async def events(self, execution_id: str | None = None) -> AsyncGenerator[ClientEvent, None]:
+        """Yield events for one execution (or all, with heartbeats) as they arrive.
+
+        The subscription starts at the first `__anext__`. After a lost event (a `seq` gap,
+        this iterator falling behind its buffer, or joining an execution that had already
+        published events) a `Resynced` event carries the status snapshot that stands in for
+        what was missed.
+        """
+        if not self._subscribe_events:
+            raise RuntimeError("this client was created with subscribe_events=False")
+        if self._ctx is None:
+            await self.open()
+        sub = _Subscription(execution_id, self._event_buffer)
+        self._subscriptions.append(sub)
+        if execution_id is not None:
+            self._track(execution_id, 0)
+            if self._last_seq[execution_id] > 0:
+                # A late joiner: what it missed is summed up by a snapshot, delivered first.
+                self._schedule_resync(execution_id)
+        try:
+            while True:
+                event = await sub.queue.get()
+                # Events this iterator had no room for are resynced once it reads again, so
+                # the snapshot lands behind what is already buffered, never lost to a full queue.
+                while sub.overflowed:
+                    self._schedule_resync(sub.overflowed.pop())
+                yield event
+        finally:
+            self._subscriptions.remove(sub)
+
+
+def _expect(message: Any, expected: type[_Reply], request_type: str) -> _Reply:
+    if not isinstance(message, expected):
+        got = type(message).__name__
+        raise ServerError(
+            "invalid_request",
+            f"expected a {expected.__name__} reply to {request_type!r}, got {got}",
+        )
+    return message

@@ -1,0 +1,690 @@
+"""`ExecutionServer`: the sockets, loops and executor around the `ExecutionScheduler`.
+
+Three sockets on one asyncio loop (docs/protocol.md §1): a ROUTER for control requests, a PUB
+for events, a PULL for worker reports. Requests are answered as they arrive, in any number from
+any number of clients, each reply carrying its request's `request_id`: answering never waits on
+anything (the scheduler is synchronous, a ROUTER send never blocks), so no request can hold up
+another and there is no per-request task to pay for. Every frame set goes through
+`WireCodec.decode` first; a refused one is counted (and answered, on the control channel), and
+no exception raised while handling one message can stop a loop. All decisions are the
+scheduler's; this module carries out its effects (publish, kill a worker), submits its
+dispatches to the `WorkerPool`, and feeds executor results back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import traceback
+import uuid
+from collections.abc import Callable, Mapping
+from concurrent.futures import BrokenExecutor, Future
+from types import TracebackType
+from typing import Any, Final, Self
+
+import zmq
+import zmq.asyncio
+
+from zmqruntime.codec import PROTOCOL_VERSION, TooLarge, WireCodec, WireError
+from zmqruntime.connection import ConnectionInfo
+from zmqruntime.messages import (
+    Cancel,
+    ErrorCode,
+    ErrorReply,
+    Message,
+    Ping,
+    Pong,
+    ServerStatus,
+    Shutdown,
+    ShutdownReply,
+    StatusRequest,
+    Submit,
+    WorkerInfo,
+    WorkerStarted,
+)
+from zmqruntime.progress import ProgressUpdate
+from zmqruntime.server.counters import Counters
+from zmqruntime.server.handlers import HandlerFunction, HandlerRegistry
+from zmqruntime.server.scheduler import (
+    Dispatch,
+    ExecutionScheduler,
+    KillWorker,
+    Publish,
+    RequestRefused,
+)
+from zmqruntime.server.worker_pool import ExecutorFactory, WorkerPool, default_executor_factory
+from zmqruntime.server.worker_runtime import JobOutcome, JobSpec, failed_outcome, result_size
+from zmqruntime.server.worker_stats import WorkerStats
+from zmqruntime.signing import new_key
+
+__all__ = ["ExecutionServer", "ServerStartError"]
+
+log = logging.getLogger(__name__)
+
+SERVER_NAME: Final = "zmqruntime"
+#: Outgoing events queued per subscriber before the PUB socket drops (seq gaps show it).
+EVENTS_SNDHWM: Final = 10_000
+#: Worker reports queued in the server before workers' sends start to wait.
+PROGRESS_RCVHWM: Final = 10_000
+#: How long a finished attempt waits for its reports still in flight, before its end state.
+REPORT_GRACE_SECONDS: Final = 1.0
+#: Bounded grace at the final close so the shutdown reply and last events get out.
+FINAL_LINGER_MS: Final = 1000
+#: Room in a message for an `execution` event's envelope and record fields besides the
+#: result and the label.
+RECORD_ALLOWANCE: Final = 4096
+#: A forced shutdown waits this long for executions it cannot kill (thread executors).
+FORCED_GRACE_SECONDS: Final = 10.0
+
+
+class ServerStartError(OSError):
+    """The server could not start: a port is in use, the host is invalid, the pool failed."""
+
+
+class ExecutionServer:
+    """An execution server on loopback (by default) speaking docs/protocol.md.
+
+    `handlers` maps request handler names to importable module-level functions taking a
+    `JobContext`, or is a `"package.module:ATTR"` string naming such a mapping. Ports of 0
+    are chosen by the OS. `executor_factory(workers)` builds the executor (default: a spawned
+    process pool); it is called again to replace a pool that broke. `clock` (monotonic
+    seconds) drives artifact expiry and uptime, and can be replaced in tests.
+    """
+
+    def __init__(
+        self,
+        handlers: Mapping[str, HandlerFunction] | str,
+        *,
+        host: str = "127.0.0.1",
+        control_port: int = 0,
+        events_port: int = 0,
+        progress_port: int = 0,
+        workers: int | None = None,
+        executor_factory: ExecutorFactory | None = None,
+        heartbeat_interval: float = 1.0,
+        artifact_ttl: float = 1800.0,
+        max_message_size: int = 64 * 2**20,
+        key: bytes | None = None,
+        max_records: int = 10_000,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.handlers = HandlerRegistry(handlers)
+        self.host = host
+        self._ports = (control_port, events_port, progress_port)
+        self.workers = workers if workers is not None else (os.cpu_count() or 2)
+        if self.workers < 1:
+            raise ValueError(f"workers must be at least 1, got {self.workers!r}")
+        self._executor_factory = executor_factory or default_executor_factory
+        self.max_message_size = max_message_size
+        if key is not None and len(key) < 16:
+            raise ValueError("the signing key must have at least 16 bytes (32 recommended)")
+        self._key = key if key is not None else new_key()
+        self.server_epoch = uuid.uuid4().hex
+        extra: dict[str, Any] = {} if clock is None else {"clock": clock}
+        self.scheduler = ExecutionScheduler(
+            self.handlers,
+            slots=self.workers,
+            max_records=max_records,
+            artifact_ttl=artifact_ttl,
+            heartbeat_interval=heartbeat_interval,
+            **extra,
+        )
+        self._codec = WireCodec(self._key, max_message_size=max_message_size)
+        self._info: ConnectionInfo | None = None
+        self._context: zmq.asyncio.Context | None = None
+        self._control: zmq.asyncio.Socket | None = None
+        self._events: zmq.Socket[bytes] | None = None
+        self._events_async: zmq.asyncio.Socket | None = None
+        self._progress: zmq.asyncio.Socket | None = None
+        self._pool: WorkerPool | None = None
+        self._loops: list[asyncio.Task[None]] = []
+        self._attempts: dict[int, tuple[int, Future[JobOutcome]]] = {}
+        self._attempt_tasks: set[asyncio.Task[None]] = set()
+        self._handled_breaks: set[int] = set()
+        self._report_waiters: dict[str, asyncio.Event] = {}
+        self._stats = WorkerStats()
+        self._drained = asyncio.Event()
+        self._forced = asyncio.Event()
+        self._closed = asyncio.Event()
+        self._closing: asyncio.Task[None] | None = None
+
+    # -- public surface -------------------------------------------------------------------
+
+    @property
+    def connection_info(self) -> ConnectionInfo:
+        """Endpoints, key, epoch and pid; available once `start()` returned."""
+        if self._info is None:
+            raise RuntimeError("the server is not started; await server.start() first")
+        return self._info
+
+    @property
+    def counters(self) -> Counters:
+        """What the server refused and ran so far (plus progress_dropped, internal_errors)."""
+        return self.scheduler.counters
+
+    @property
+    def closed(self) -> bool:
+        """True once the server has shut down and closed its sockets."""
+        return self._closed.is_set()
+
+    async def start(self) -> ConnectionInfo:
+        """Bind the three sockets, start the worker pool and the loops; returns the info."""
+        if self._info is not None:
+            return self._info
+        self._context = zmq.asyncio.Context()
+        try:
+            control = self._bind(zmq.ROUTER, self._ports[0], "control")
+            events = self._bind(zmq.PUB, self._ports[1], "events")
+            progress = self._bind(zmq.PULL, self._ports[2], "progress")
+        except ServerStartError:
+            self._context.destroy(linger=0)
+            self._context = None
+            raise
+        events_sync: zmq.Socket[bytes] = zmq.Socket.shadow(events.underlying)
+        self._control, self._progress = control, progress
+        self._events_async = events
+        self._events = events_sync
+        try:
+            self._pool = WorkerPool(self._executor_factory, self.workers)
+        except Exception as exc:
+            self._context.destroy(linger=0)
+            self._context = None
+            raise ServerStartError(f"cannot start the worker pool: {exc}") from exc
+        self._info = ConnectionInfo(
+            control=self._endpoint(control),
+            events=self._endpoint(events),
+            progress=self._endpoint(progress),
+            key=self._key,
+            server_epoch=self.server_epoch,
+            pid=os.getpid(),
+            protocol=PROTOCOL_VERSION,
+        )
+        self._loops = [
+            asyncio.create_task(self._control_loop(), name="zmqruntime-server-control"),
+            asyncio.create_task(self._progress_loop(), name="zmqruntime-server-progress"),
+            asyncio.create_task(self._heartbeat_loop(), name="zmqruntime-server-heartbeat"),
+        ]
+        for loop_task in self._loops:
+            loop_task.add_done_callback(self._loop_ended)
+        log.info(
+            "execution server %s listening: control %s, events %s, progress %s",
+            self.server_epoch,
+            self._info.control,
+            self._info.events,
+            self._info.progress,
+        )
+        return self._info
+
+    async def serve_forever(self) -> None:
+        """Start if needed, then run until the server has shut down."""
+        await self.start()
+        await self._closed.wait()
+
+    def request_shutdown(self, *, force: bool = False) -> list[str]:
+        """Begin a shutdown without waiting for it (signal handlers use this); returns the ids
+        of the executions it cancelled. Calling it again with `force=True` escalates."""
+        cancelled = self._begin_shutdown(force)
+        self._ensure_closing()
+        return cancelled
+
+    async def shutdown(self, *, force: bool = False) -> list[str]:
+        """Shut down and wait until every socket is closed and every worker has exited.
+
+        Graceful: refuse new submissions, cancel the queue, let running executions finish.
+        Forced: cancel everything now and end the worker processes. Returns the ids this call
+        cancelled.
+        """
+        if self._info is None:
+            self._closed.set()
+            return []
+        cancelled = self.request_shutdown(force=force)
+        await self._closed.wait()
+        return cancelled
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.shutdown(force=exc_type is not None)
+
+    # -- sockets --------------------------------------------------------------------------
+
+    def _bind(self, kind: int, port: int, name: str) -> zmq.asyncio.Socket:
+        assert self._context is not None
+        sock = self._context.socket(kind)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, self.max_message_size)
+        if kind == zmq.PUB:
+            sock.setsockopt(zmq.SNDHWM, EVENTS_SNDHWM)
+        elif kind == zmq.PULL:
+            sock.setsockopt(zmq.RCVHWM, PROGRESS_RCVHWM)
+        address = f"tcp://{self.host}:{port if port else '*'}"
+        try:
+            sock.bind(address)
+        except zmq.ZMQError as exc:
+            sock.close(linger=0)
+            raise ServerStartError(f"cannot bind the {name} socket to {address}: {exc}") from exc
+        return sock
+
+    @staticmethod
+    def _endpoint(sock: zmq.asyncio.Socket) -> str:
+        endpoint = sock.getsockopt(zmq.LAST_ENDPOINT)
+        assert isinstance(endpoint, bytes)
+        return endpoint.decode()
+
+    def _send_event(self, publish: Publish) -> None:
+        if self._events is None:
+            return
+        frames = self._codec.encode(
+            publish.message, server_epoch=self.server_epoch, topic=publish.topic.encode()
+        )
+        # A PUB send never waits: beyond SNDHWM a slow subscriber's events are dropped, which
+        # it sees as a gap in `seq` and repairs from a status snapshot.
+        self._events.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+
+    def _reply(self, identity: Any, message: Message, request_id: str | None) -> None:
+        assert self._control is not None
+        try:
+            frames = self._codec.encode(
+                message, request_id=request_id, server_epoch=self.server_epoch
+            )
+        except TooLarge as exc:
+            refusal = ErrorReply(code=ErrorCode.TOO_LARGE, message=f"the reply is too large: {exc}")
+            frames = self._codec.encode(
+                refusal, request_id=request_id, server_epoch=self.server_epoch
+            )
+        sending = asyncio.ensure_future(
+            self._control.send_multipart([identity, *frames], copy=False)
+        )
+        if sending.done():  # the usual case: a ROUTER send never waits
+            self._reply_sent(sending)
+        else:
+            sending.add_done_callback(self._reply_sent)
+
+    @staticmethod
+    def _reply_sent(sending: asyncio.Future[Any]) -> None:
+        if not sending.cancelled() and sending.exception() is not None:
+            log.warning("a reply could not be sent: %r", sending.exception())
+
+    # -- effects and dispatching ----------------------------------------------------------
+
+    def _apply_effects(self) -> None:
+        for effect in self.scheduler.drain():
+            try:
+                if isinstance(effect, Publish):
+                    self._send_event(effect)
+                elif isinstance(effect, KillWorker):
+                    self._stats.kill(effect.pid, f"force-cancel of {effect.execution_id}")
+            except Exception:
+                self._internal_error(f"carrying out {effect!r}")
+        if self.scheduler.drained:
+            self._drained.set()
+
+    def _pump(self) -> None:
+        """Submit dispatches while the scheduler has free slots and waiting work."""
+        pool = self._pool
+        if pool is None or self._closed.is_set():
+            return
+        while (dispatch := self.scheduler.next_dispatch()) is not None:
+            assert self._info is not None
+            job: JobSpec = {
+                "execution_id": dispatch.execution_id,
+                "attempt": dispatch.attempt,
+                "handler": dispatch.handler,
+                "handler_ref": dispatch.handler_ref,
+                "params": dispatch.params,
+                "artifact": dispatch.artifact,
+                "compile_only": dispatch.compile_only,
+                "progress_endpoint": self._info.progress,
+                "events_endpoint": self._info.events,
+                "key": self._key.hex(),
+            }
+            try:
+                generation, future = pool.submit(job)
+            except BrokenExecutor as exc:
+                # The pool broke before we noticed: this attempt never started; retry it on
+                # a fresh pool (the scheduler bounds how often).
+                self.scheduler.lost([(dispatch.execution_id, dispatch.attempt)], {}, repr(exc))
+                if self.scheduler.forced:
+                    break
+                pool.replace(pool.generation)
+                continue
+            except Exception as exc:
+                log.exception("the executor refused %s", dispatch.execution_id)
+                self.scheduler.finish(
+                    dispatch.execution_id,
+                    dispatch.attempt,
+                    failed_outcome(ErrorCode.INTERNAL, f"the executor refused the job: {exc!r}"),
+                )
+                continue
+            self._attempts[dispatch.attempt] = (generation, future)
+            task = asyncio.create_task(
+                self._follow_attempt(dispatch, generation, future),
+                name=f"zmqruntime-attempt-{dispatch.execution_id}",
+            )
+            self._attempt_tasks.add(task)
+            task.add_done_callback(self._attempt_tasks.discard)
+        self._apply_effects()
+
+    async def _follow_attempt(
+        self, dispatch: Dispatch, generation: int, future: Future[JobOutcome]
+    ) -> None:
+        try:
+            try:
+                outcome = await asyncio.wrap_future(future)
+            except BrokenExecutor as exc:
+                self._pool_broken(generation, exc)
+                return
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:
+                outcome = failed_outcome(
+                    ErrorCode.INTERNAL,
+                    f"the executor could not run the job: {exc!r}",
+                    "".join(traceback.format_exception(exc)),
+                )
+            await self._await_reports(dispatch.execution_id, outcome["reports"])
+            outcome = self._refuse_oversized(dispatch.execution_id, outcome)
+            self.scheduler.finish(dispatch.execution_id, dispatch.attempt, outcome)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._internal_error(f"finishing attempt {dispatch.attempt}")
+            with contextlib.suppress(Exception):  # never leave the execution running forever
+                self.scheduler.finish(
+                    dispatch.execution_id,
+                    dispatch.attempt,
+                    failed_outcome(ErrorCode.INTERNAL, f"internal server error: {exc!r}"),
+                )
+        finally:
+            self._attempts.pop(dispatch.attempt, None)
+            self._report_waiters.pop(dispatch.execution_id, None)
+        self._pump()
+
+    def _refuse_oversized(self, execution_id: str, outcome: JobOutcome) -> JobOutcome:
+        """A result too large to ever leave the server (in its `execution` event) fails its
+        execution with a clear message instead of being stored and never delivered."""
+        if outcome["kind"] != "complete":
+            return outcome
+        record = self.scheduler.lifecycle.get(execution_id)
+        label = record.label if record is not None and record.label else ""
+        limit = self.max_message_size - RECORD_ALLOWANCE - len(label.encode())
+        size = result_size(outcome["result"])
+        if size <= limit:
+            return outcome
+        return failed_outcome(
+            ErrorCode.HANDLER_ERROR,
+            f"the handler's result has {size} bytes; at most {limit} fit in a message "
+            f"(the server's max_message_size is {self.max_message_size})",
+            reports=outcome["reports"],
+        )
+
+    async def _await_reports(self, execution_id: str, expected: int) -> None:
+        """Wait (briefly) until the attempt's reports have all arrived, so none lands after
+        its end state; a report lost on the way only costs `REPORT_GRACE_SECONDS`."""
+        record = self.scheduler.lifecycle.get(execution_id)
+        if record is None or record.status.is_terminal:
+            return  # its outcome will be ignored anyway
+        if self.scheduler.reports_seen(execution_id) >= expected:
+            return
+        event = self._report_waiters.setdefault(execution_id, asyncio.Event())
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + REPORT_GRACE_SECONDS
+        while self.scheduler.reports_seen(execution_id) < expected:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                log.info("reports of %s still missing after the grace period", execution_id)
+                return
+            event.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), remaining)
+
+    def _pool_broken(self, generation: int, exc: BaseException) -> None:
+        """The executor of `generation` broke: sort its attempts into lost and finished."""
+        if generation in self._handled_breaks or self._pool is None:
+            self._pump()
+            return
+        self._handled_breaks.add(generation)
+        lost: list[tuple[str, int]] = []
+        for execution_id, attempt in self.scheduler.in_flight():
+            gen, future = self._attempts.get(attempt, (None, None))
+            if gen != generation or future is None:
+                continue
+            if future.done() and not future.cancelled() and future.exception() is None:
+                continue  # finished before the breakage; its own task records the outcome
+            lost.append((execution_id, attempt))
+        dead = self._pool.dead_workers(generation)
+        log.warning(
+            "worker pool %d broke (%s); dead workers: %s; attempts lost: %s",
+            generation,
+            exc,
+            dead or "none found",
+            [eid for eid, _ in lost],
+        )
+        self.scheduler.lost(lost, dead, str(exc) or type(exc).__name__)
+        if not self.scheduler.forced:
+            self._pool.replace(generation)
+        self._pump()
+
+    # -- loops ----------------------------------------------------------------------------
+
+    def _worker_infos(self) -> list[WorkerInfo]:
+        busy = self.scheduler.busy_workers()
+        pool_pids = self._pool.process_pids() if self._pool is not None else set()
+        return self._stats.infos(pool_pids | set(busy), busy)
+
+    def _loop_ended(self, task: asyncio.Task[None]) -> None:
+        """A loop only ends by cancellation at close; if one dies otherwise (its socket broke),
+        a half-working server would be worse than none: shut down, so clients see it gone."""
+        if task.cancelled() or self._closing is not None:
+            return
+        self.scheduler.counters.internal_errors += 1
+        log.critical("%s stopped: %r; shutting down", task.get_name(), task.exception())
+        self.request_shutdown(force=True)
+
+    def _internal_error(self, what: str) -> None:
+        self.scheduler.counters.internal_errors += 1
+        log.exception("internal error while %s", what)
+
+    async def _control_loop(self) -> None:
+        assert self._control is not None
+        while True:
+            # Copying small frames is cheaper than wrapping them; requests are small.
+            frames = await self._control.recv_multipart()
+            self._handle_request(frames)
+
+    def _handle_request(self, frames: list[Any]) -> None:
+        """Decode, answer and reply to one request, all without waiting on anything.
+
+        No request handler blocks or awaits (the scheduler is synchronous and bounded) and a
+        ROUTER send never waits (a full peer queue drops), so one request can never hold up
+        the next; no exception raised here can end the control loop.
+        """
+        identity, payload = frames[0], frames[1:]
+        request_id: str | None = None
+        try:
+            try:
+                envelope = self._codec.decode(payload)
+            except WireError as exc:
+                self.counters.count_rejection(exc.code)
+                log.info("refused a control message: %s", exc)
+                self._reply(identity, exc.to_reply(), exc.request_id)
+                return
+            request_id = envelope.request_id
+            message = envelope.message
+            try:
+                reply = self._answer(message)
+            except RequestRefused as refused:
+                details: dict[str, Any] = {} if refused.field is None else {"field": refused.field}
+                reply = ErrorReply(code=refused.code, message=refused.message, details=details)
+            self._reply(identity, reply, request_id)
+            if isinstance(message, Shutdown):
+                self._ensure_closing()
+            if isinstance(message, Submit | Cancel | Shutdown):
+                self._apply_effects()
+                self._pump()
+        except Exception:
+            self._internal_error("handling a control request")
+            with contextlib.suppress(Exception):
+                internal = ErrorReply(code=ErrorCode.INTERNAL, message="internal server error")
+                self._reply(identity, internal, request_id)
+
+    def _answer(self, message: Message) -> Message:
+        """The reply to one decoded request (RequestRefused for an `error` reply)."""
+        scheduler = self.scheduler
+        if isinstance(message, Ping):
+            return Pong(
+                server_name=SERVER_NAME,
+                pid=os.getpid(),
+                uptime=scheduler.uptime(),
+                protocol=PROTOCOL_VERSION,
+            )
+        if isinstance(message, Submit):
+            return scheduler.submit(message)
+        if isinstance(message, StatusRequest):
+            if message.execution_id is not None:
+                return scheduler.status_of(message.execution_id)
+            return ServerStatus(
+                server_epoch=self.server_epoch,
+                uptime=scheduler.uptime(),
+                pid=os.getpid(),
+                running=tuple(scheduler.running_entries()),
+                queued=tuple(scheduler.queued_entries()),
+                workers=tuple(self._worker_infos()),
+                counters=scheduler.counters.to_wire(),
+                handlers=tuple(self.handlers.names),
+            )
+        if isinstance(message, Cancel):
+            return scheduler.cancel(message.execution_id, force=message.force)
+        if isinstance(message, Shutdown):
+            cancelled = self._begin_shutdown(message.force)
+            return ShutdownReply(force=message.force, cancelled=tuple(cancelled))
+        self.counters.rejected_malformed += 1
+        raise RequestRefused(
+            ErrorCode.INVALID_REQUEST,
+            f"a {type(message).TYPE!r} message is not a request",
+            "envelope.type",
+        )
+
+    async def _progress_loop(self) -> None:
+        assert self._progress is not None
+        while True:
+            frames = await self._progress.recv_multipart(copy=False)
+            try:
+                self._handle_report(frames)
+            except Exception:
+                self._internal_error("handling a worker report")
+
+    def _handle_report(self, frames: list[Any]) -> None:
+        try:
+            envelope = self._codec.decode(frames)
+        except WireError as exc:
+            self.counters.count_rejection(exc.code)
+            log.info("refused a worker report: %s", exc)
+            return
+        message = envelope.message
+        if isinstance(message, ProgressUpdate):
+            execution_id = message.execution_id
+            self.scheduler.progress(message)
+        elif isinstance(message, WorkerStarted):
+            execution_id = message.execution_id
+            self.scheduler.worker_started(execution_id, message.pid)
+            self._stats.watch(message.pid)
+        else:
+            self.counters.rejected_malformed += 1
+            log.info("refused a %r message on the progress channel", envelope.type)
+            return
+        waiter = self._report_waiters.get(execution_id)
+        if waiter is not None:
+            waiter.set()
+        self._apply_effects()
+
+    async def _heartbeat_loop(self) -> None:
+        interval = self.scheduler.heartbeat_interval
+        while True:
+            try:
+                self.scheduler.tick()
+                self._apply_effects()
+                self._stats.prune()
+            except Exception:
+                self._internal_error("sending a heartbeat")
+            await asyncio.sleep(interval)
+
+    # -- shutdown -------------------------------------------------------------------------
+
+    def _begin_shutdown(self, force: bool) -> list[str]:
+        already_forced = self.scheduler.forced
+        cancelled = self.scheduler.begin_shutdown(force=force)
+        if force and not already_forced:
+            self._forced.set()
+            if self._pool is not None:
+                self._pool.kill_all()
+        self._apply_effects()
+        return cancelled
+
+    def _ensure_closing(self) -> None:
+        if self._closing is None:
+            self._closing = asyncio.create_task(self._close(), name="zmqruntime-server-close")
+
+    async def _close(self) -> None:
+        """Wait for the running work to end (graceful) or be ended (forced), then close."""
+        try:
+            self._apply_effects()
+            drained = True
+            if not self.scheduler.forced:
+                # Graceful: until drained, or until a forced shutdown is requested meanwhile.
+                waits: set[asyncio.Task[Any]] = {
+                    asyncio.create_task(self._drained.wait()),
+                    asyncio.create_task(self._forced.wait()),
+                }
+                _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                for task in pending:
+                    task.cancel()
+            if not self._drained.is_set():
+                try:
+                    await asyncio.wait_for(self._drained.wait(), FORCED_GRACE_SECONDS)
+                except TimeoutError:
+                    log.error("forced shutdown: executions still running, abandoning them")
+                    drained = False
+            assert self._pool is not None
+            await self._pool.close(kill=self.scheduler.forced, wait=drained)
+        except Exception:
+            self._internal_error("stopping the worker pool")
+        try:
+            await self._close_sockets()
+        finally:
+            self._closed.set()
+        log.info("execution server %s closed", self.server_epoch)
+
+    async def _close_sockets(self) -> None:
+        """Stop the loops, then close the sockets: the control loop first, so no request is
+        taken after the shutdown reply; a bounded linger lets that reply and the last events
+        out; the context is terminated in a thread (it waits up to that linger)."""
+        control_loop, *other_loops = self._loops
+        control_loop.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await control_loop
+        for task in [*other_loops, *self._attempt_tasks]:
+            task.cancel()
+        for task in [*other_loops, *self._attempt_tasks]:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for sock, linger in (
+            (self._control, FINAL_LINGER_MS),
+            (self._events_async, FINAL_LINGER_MS),
+            (self._progress, 0),
+        ):
+            if sock is not None:
+                sock.close(linger=linger)
+        if self._context is not None:
+            await asyncio.to_thread(self._context.term)
+        self._control = self._progress = self._events = self._events_async = None
+        self._context = None

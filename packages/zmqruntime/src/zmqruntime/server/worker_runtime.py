@@ -1,0 +1,253 @@
+"""The worker side of an execution: runs one handler in whatever process the executor chose.
+
+`run_job` is the function every executor runs. Its only argument is a `JobSpec` of plain values
+(ids, the handler's importable reference, JSON params, the compile artifact's JSON value,
+endpoint strings and the hex key), and it returns a `JobOutcome` of plain values; so any
+`concurrent.futures.Executor` can carry it, and nothing about the server (no socket, no lock,
+no event loop) is inherited by a worker.
+
+Each worker thread keeps, per server, one PUSH socket to the progress channel and one SUB socket
+on the `__cancel__` topic of the events channel; both are created at the first job and reused.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import traceback
+from collections import OrderedDict
+from typing import Any, Literal, TypedDict
+
+import zmq
+
+from zmqruntime.arrays import extract_arrays
+from zmqruntime.codec import WireCodec, WireError
+from zmqruntime.json_types import check_json_value
+from zmqruntime.messages import CancelNotice, ErrorCode, ErrorInfo, WorkerStarted
+from zmqruntime.progress import ProgressUpdate
+from zmqruntime.schema import SchemaError
+from zmqruntime.server.handlers import HandlerSpecError, resolve_reference
+from zmqruntime.server.job_context import ExecutionCancelled, JobContext
+from zmqruntime.signing import frame_length
+
+__all__ = [
+    "JobOutcome",
+    "JobSpec",
+    "WorkerChannels",
+    "failed_outcome",
+    "result_size",
+    "run_job",
+    "worker_initializer",
+]
+
+log = logging.getLogger(__name__)
+
+#: Topic of cancellation notices on the events channel.
+CANCEL_TOPIC = "__cancel__"
+#: How long one report may wait for room in a full send queue before it is dropped.
+_SEND_WAIT_MS = 1000
+#: Cancellation notices remembered per worker thread.
+_REMEMBERED_CANCELS = 4096
+
+
+class JobSpec(TypedDict):
+    """Everything a worker needs to run one execution; plain values only."""
+
+    execution_id: str
+    attempt: int
+    handler: str
+    handler_ref: str
+    params: dict[str, Any]
+    artifact: Any
+    compile_only: bool
+    progress_endpoint: str
+    events_endpoint: str
+    key: str
+
+
+class JobOutcome(TypedDict):
+    """How a job ended, as plain values: `kind` with its result or error (a wire ErrorInfo),
+    and how many reports (worker_started + progress) the worker queued for the server."""
+
+    kind: Literal["complete", "failed", "cancelled"]
+    result: Any
+    error: dict[str, Any] | None
+    reports: int
+
+
+class WorkerChannels:
+    """One worker thread's sockets to one server: progress out, cancellation notices in."""
+
+    def __init__(self, progress_endpoint: str, events_endpoint: str, key: bytes) -> None:
+        self._context = zmq.Context()
+        self._codec = WireCodec(key)
+        self._push = self._context.socket(zmq.PUSH)
+        self._push.setsockopt(zmq.LINGER, 1000)
+        self._push.setsockopt(zmq.SNDHWM, 10_000)
+        self._push.connect(progress_endpoint)
+        self._sub = self._context.socket(zmq.SUB)
+        self._sub.setsockopt(zmq.LINGER, 0)
+        self._sub.setsockopt(zmq.SUBSCRIBE, CANCEL_TOPIC.encode())
+        self._sub.connect(events_endpoint)
+        self._cancelled: OrderedDict[str, None] = OrderedDict()
+        self._congested = False
+
+    def send(self, message: WorkerStarted | ProgressUpdate) -> bool:
+        """Queue a report without blocking for long; False when it had to be dropped.
+
+        A full queue (server gone or overloaded) is waited on once for up to a second; while
+        it stays full, further reports are dropped at once so the handler is never held up.
+        """
+        frames = self._codec.encode(message)
+        try:
+            self._push.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            if self._congested or not self._push.poll(_SEND_WAIT_MS, zmq.POLLOUT):
+                self._congested = True
+                return False
+            try:
+                self._push.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                self._congested = True
+                return False
+        self._congested = False
+        return True
+
+    def send_progress(self, update: ProgressUpdate) -> bool:
+        """`ReportChannel` method: queue one progress report."""
+        return self.send(update)
+
+    def is_cancelled(self, execution_id: str) -> bool:
+        """`ReportChannel` method: read pending notices (non-blocking), then look this id up."""
+        while True:
+            try:
+                frames = self._sub.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                break
+            try:
+                envelope = self._codec.decode(frames, topic=True)
+            except WireError as exc:
+                log.warning("ignored an invalid cancellation notice: %s", exc)
+                continue
+            notice = envelope.message
+            if isinstance(notice, CancelNotice):
+                self._cancelled[notice.execution_id] = None
+                self._cancelled.move_to_end(notice.execution_id)
+                while len(self._cancelled) > _REMEMBERED_CANCELS:
+                    self._cancelled.popitem(last=False)
+        return execution_id in self._cancelled
+
+
+_local = threading.local()
+
+
+def _channels_for(job: JobSpec) -> WorkerChannels:
+    """This thread's channels to the job's server, created at first use and then reused."""
+    key = (job["progress_endpoint"], job["events_endpoint"], job["key"])
+    cache: dict[tuple[str, str, str], WorkerChannels] | None = getattr(_local, "channels", None)
+    if cache is None:
+        cache = _local.channels = {}
+    channels = cache.get(key)
+    if channels is None:
+        channels = cache[key] = WorkerChannels(
+            job["progress_endpoint"], job["events_endpoint"], bytes.fromhex(job["key"])
+        )
+    return channels
+
+
+def result_size(result: Any) -> int:
+    """Bytes a result takes on the wire: its JSON text plus its array frames (0 for a value
+    that is not JSON at all; validation reports that one)."""
+    try:
+        value, _, frames = extract_arrays(result)
+        text = json.dumps(value, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError):  # SchemaError is a ValueError
+        return 0
+    return len(text.encode()) + sum(frame_length(frame) for frame in frames)
+
+
+def failed_outcome(
+    code: ErrorCode, message: str, tb: str | None = None, reports: int = 0
+) -> JobOutcome:
+    """The outcome of a job that failed with this error."""
+    error = ErrorInfo(code=code, message=message, traceback=tb).to_wire()
+    return {"kind": "failed", "result": None, "error": error, "reports": reports}
+
+
+def _cancelled(execution_id: str, reports: int) -> JobOutcome:
+    error = ErrorInfo(
+        code=ErrorCode.CANCELLED, message=f"execution {execution_id} stopped after cancellation"
+    ).to_wire()
+    return {"kind": "cancelled", "result": None, "error": error, "reports": reports}
+
+
+def run_job(job: JobSpec) -> JobOutcome:
+    """Run one execution's handler here and return how it ended (never raises for the handler).
+
+    Sends `worker_started` first (so the server knows this process runs it), skips the handler
+    if the execution was already cancelled, and checks that the result is JSON (numpy arrays
+    allowed) so a bad return value fails the execution with a clear message.
+    """
+    channels = _channels_for(job)
+    execution_id = job["execution_id"]
+    reports = int(channels.send(WorkerStarted(execution_id=execution_id, pid=os.getpid())))
+    if channels.is_cancelled(execution_id):
+        return _cancelled(execution_id, reports)
+    context = JobContext(
+        execution_id=execution_id,
+        handler=job["handler"],
+        params=job["params"],
+        artifact=job["artifact"],
+        compile_only=job["compile_only"],
+        channel=channels,
+    )
+    try:
+        function = resolve_reference(job["handler_ref"])
+    except HandlerSpecError as exc:
+        return failed_outcome(ErrorCode.HANDLER_ERROR, f"cannot load handler: {exc}", None, reports)
+    try:
+        result = function(context)
+    except ExecutionCancelled:
+        return _cancelled(execution_id, reports + context.reports_sent)
+    except (Exception, SystemExit) as exc:
+        return failed_outcome(
+            ErrorCode.HANDLER_ERROR,
+            f"handler {job['handler']!r} raised {type(exc).__name__}: {exc}",
+            traceback.format_exc(),
+            reports + context.reports_sent,
+        )
+    reports += context.reports_sent
+    try:
+        check_json_value(result)
+    except SchemaError as exc:
+        exc.prefixed("result")
+        return failed_outcome(
+            ErrorCode.HANDLER_ERROR,
+            f"handler {job['handler']!r} returned a value that is not JSON: {exc}",
+            None,
+            reports,
+        )
+    return {"kind": "complete", "result": result, "error": None, "reports": reports}
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def worker_initializer(server_pid: int) -> None:
+    """Set up a pool worker process: die with the server, leave Ctrl-C to the server.
+
+    On Linux the kernel kills the worker when the server process dies (even by SIGKILL), so a
+    crashed server leaves no orphans. SIGINT is ignored: a terminal's Ctrl-C reaches the whole
+    process group, and the server turns it into a graceful shutdown that lets jobs finish.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != server_pid:  # the server died before prctl took effect
+        os._exit(1)

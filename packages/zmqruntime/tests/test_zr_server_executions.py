@@ -1,0 +1,361 @@
+"""Executions on a real server with real worker processes: progress, results, failures, worker
+loss, cancellation (cooperative and forced), late results, compile artifacts, worker figures.
+
+Every wait is for an event or a reply, under a deadline; handlers that block first report a
+`started` progress update, which the tests wait for."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from typing import Any
+
+import numpy as np
+import psutil
+import pytest
+
+from zmqruntime.execution_status import ExecutionStatus
+from zmqruntime.messages import Cancel as CancelRequest
+from zmqruntime.messages import (
+    CancelReply,
+    ErrorCode,
+    ErrorReply,
+    ExecutionEvent,
+    ExecutionRecord,
+    Ping,
+    Pong,
+    ServerStatus,
+    StatusReply,
+    StatusRequest,
+    Submit,
+    SubmitReply,
+)
+from zmqruntime.progress import ProgressUpdate
+from zmqruntime.testing import RawPeer, serve_and_connect
+
+S = ExecutionStatus
+TERMINAL = (S.COMPLETE, S.FAILED, S.CANCELLED)
+
+
+async def submit(peer: RawPeer, handler: str, **params: Any) -> str:
+    reply = await peer.request(Submit(handler=handler, params=params))
+    assert isinstance(reply, SubmitReply), reply
+    return reply.execution_id
+
+
+async def status(peer: RawPeer, execution_id: str) -> StatusReply:
+    reply = await peer.request(StatusRequest(execution_id=execution_id))
+    assert isinstance(reply, StatusReply), reply
+    return reply
+
+
+async def server_status(peer: RawPeer) -> ServerStatus:
+    reply = await peer.request(StatusRequest(execution_id=None))
+    assert isinstance(reply, ServerStatus), reply
+    return reply
+
+
+async def cancel(peer: RawPeer, execution_id: str, *, force: bool = False) -> CancelReply:
+    reply = await peer.request(CancelRequest(execution_id=execution_id, force=force))
+    assert isinstance(reply, CancelReply), reply
+    return reply
+
+
+async def started_pid(peer: RawPeer, execution_id: str) -> int:
+    """Wait for the handler's `started` report; by then the server knows its worker's pid."""
+    await peer.wait_progress(execution_id)
+    record = (await status(peer, execution_id)).execution
+    assert record.status is S.RUNNING
+    assert record.worker_pid is not None
+    return record.worker_pid
+
+
+async def final(peer: RawPeer, execution_id: str) -> ExecutionRecord:
+    return await peer.wait_status(execution_id, *TERMINAL)
+
+
+def test_progress_arrives_in_sequence_before_the_result() -> None:
+    async def scenario() -> None:
+        async with serve_and_connect(workers=1) as (_, peer):
+            eid = await submit(peer, "report", n=20, axes=["A01", "A02", "B01"])
+            record = await final(peer, eid)
+            assert record.status is S.COMPLETE
+            assert record.result == {"reported": 20}
+            assert record.worker_pid is not None
+            assert record.worker_pid != os.getpid()
+            assert record.submitted_at <= record.started_at <= record.finished_at  # type: ignore[operator]
+            seen = peer.events_of(eid)
+            assert [e.seq for e in seen] == list(range(1, 24))
+            kinds = ["progress" if isinstance(e, ProgressUpdate) else e.record.status for e in seen]
+            assert kinds == [S.QUEUED, S.RUNNING, *["progress"] * 20, S.COMPLETE]
+            progress = [e for e in seen if isinstance(e, ProgressUpdate)]
+            assert [p.completed for p in progress] == list(range(1, 21))
+            assert progress[-1].percent == 100.0
+            snapshot = await status(peer, eid)
+            assert snapshot.seq == 23
+            assert snapshot.execution == record
+            assert snapshot.latest_progress == progress[-1]
+            assert sorted(a.axis_id for a in snapshot.axes) == ["A01", "A02", "B01"]
+
+    asyncio.run(scenario())
+
+
+def test_results_failures_and_bad_results() -> None:
+    async def scenario() -> None:
+        async with serve_and_connect(workers=2) as (_, peer):
+            array_id = await submit(peer, "array_result", size=100_000)
+            fail_id = await submit(peer, "fail", message="no such well")
+            bad_id = await submit(peer, "bad_result")
+            done = await final(peer, array_id)
+            assert done.status is S.COMPLETE
+            image = done.result["image"]
+            assert isinstance(image, np.ndarray)
+            assert image.dtype == np.float64
+            np.testing.assert_array_equal(image, np.arange(100_000, dtype=np.float64))
+            failed = await final(peer, fail_id)
+            assert failed.status is S.FAILED
+            assert failed.error is not None
+            assert failed.error.code is ErrorCode.HANDLER_ERROR
+            assert "no such well" in failed.error.message
+            assert failed.error.traceback
+            assert "RuntimeError" in failed.error.traceback
+            bad = await final(peer, bad_id)
+            assert bad.status is S.FAILED
+            assert bad.error is not None
+            assert bad.error.code is ErrorCode.HANDLER_ERROR
+            assert "not JSON" in bad.error.message
+            assert "result.oops" in bad.error.message
+            counters = (await server_status(peer)).counters
+            assert (counters.completed, counters.failed) == (1, 2)
+
+    asyncio.run(scenario())
+
+
+def test_queue_positions_are_exact_and_a_queued_cancel_never_starts() -> None:
+    async def scenario() -> None:
+        async with serve_and_connect(workers=1) as (_, peer):
+            blocker = await submit(peer, "wait_for_cancel")
+            await started_pid(peer, blocker)
+            replies = [
+                await peer.request(Submit(handler="echo", params={"i": i})) for i in range(3)
+            ]
+            assert [r.queue_position for r in replies] == [1, 2, 3]
+            ids = [r.execution_id for r in replies]
+            snapshot = await server_status(peer)
+            assert [q.execution_id for q in snapshot.queued] == ids
+            assert [q.queue_position for q in snapshot.queued] == [1, 2, 3]
+            assert [r.execution_id for r in snapshot.running] == [blocker]
+            gone = await cancel(peer, ids[1])
+            assert gone.changed
+            assert gone.status is S.CANCELLED
+            snapshot = await server_status(peer)
+            assert [(q.execution_id, q.queue_position) for q in snapshot.queued] == [
+                (ids[0], 1),
+                (ids[2], 2),
+            ]
+            await cancel(peer, blocker)
+            for eid in (ids[0], ids[2]):
+                assert (await final(peer, eid)).status is S.COMPLETE
+            statuses = [
+                e.record.status for e in peer.events_of(ids[1]) if isinstance(e, ExecutionEvent)
+            ]
+            assert statuses == [S.QUEUED, S.CANCELLED]
+
+    asyncio.run(scenario())
+
+
+def test_a_worker_killed_mid_job_fails_that_execution_only() -> None:
+    async def scenario() -> None:
+        async with serve_and_connect(workers=2) as (_, peer):
+            victim = await submit(peer, "uncooperative", seconds=60)
+            neighbour = await submit(peer, "sleep", seconds=0.5)
+            queued = await submit(peer, "sleep", seconds=0.1)
+            pid = await started_pid(peer, victim)
+            await started_pid(peer, neighbour)
+            os.kill(pid, signal.SIGKILL)
+            lost = await final(peer, victim)
+            assert lost.status is S.FAILED
+            assert lost.error is not None
+            assert lost.error.code is ErrorCode.WORKER_LOST
+            assert str(pid) in lost.error.message
+            assert "SIGKILL" in lost.error.message
+            # The server and the other executions go on.
+            assert (await final(peer, neighbour)).status is S.COMPLETE
+            assert (await final(peer, queued)).status is S.COMPLETE
+            assert isinstance(await peer.request(Ping()), Pong)
+            again = await submit(peer, "echo", ok=True)
+            assert (await final(peer, again)).result == {"ok": True}
+            assert pid not in {w.pid for w in (await server_status(peer)).workers}
+
+    asyncio.run(scenario())
+
+
+def test_a_handler_that_ends_its_own_worker_fails_with_worker_lost() -> None:
+    async def scenario() -> None:
+        async with serve_and_connect(workers=1) as (_, peer):
+            eid = await submit(peer, "exit_worker", how="exit")
+            record = await final(peer, eid)
+            assert record.status is S.FAILED
+            assert record.error is not None
+            assert record.error.code is ErrorCode.WORKER_LOST
+            assert "exited with code 3" in record.error.message
+            after = await submit(peer, "echo", x=1)
+            assert (await final(peer, after)).status is S.COMPLETE
+
+    asyncio.run(scenario())
+
+
+def test_cancel_one_of_three_running_executions() -> None:
+    async def scenario() -> None:
+        async with serve_and_connect(workers=3) as (_, peer):
+            ids = [await submit(peer, "sleep", seconds=1.0) for _ in range(3)]
+            for eid in ids:
+                await started_pid(peer, eid)
+            reply = await cancel(peer, ids[1])
+            assert reply.changed
+            assert reply.status is S.CANCELLED
+            record = await final(peer, ids[1])
+            assert record.status is S.CANCELLED
+            assert record.error is not None
+            assert record.error.code is ErrorCode.CANCELLED
+            assert (await final(peer, ids[0])).status is S.COMPLETE
+            assert (await final(peer, ids[2])).status is S.COMPLETE
+            assert (await status(peer, ids[1])).execution == record  # still cancelled
+            again = await cancel(peer, ids[1])
+            assert (again.changed, again.status) == (False, S.CANCELLED)
+            done = await cancel(peer, ids[0])
+            assert (done.changed, done.status) == (False, S.COMPLETE)
+
+    asyncio.run(scenario())
+
+
+def test_force_cancel_ends_that_worker_and_the_others_complete() -> None:
+    async def scenario() -> None:
+        async with serve_and_connect(workers=3) as (_, peer):
+            target = await submit(peer, "uncooperative", seconds=60)
+            others = [await submit(peer, "sleep", seconds=0.5) for _ in range(2)]
+            pid = await started_pid(peer, target)
+            for eid in others:
+                await started_pid(peer, eid)
+            process = psutil.Process(pid)
+            reply = await cancel(peer, target, force=True)
+            assert reply.changed
+            assert reply.status is S.CANCELLED
+            await asyncio.to_thread(process.wait, 10)  # the worker process is ended
+            for eid in others:
+                assert (await final(peer, eid)).status is S.COMPLETE
+            record = (await status(peer, target)).execution
+            assert record.status is S.CANCELLED
+            assert record.error is not None
+            assert record.error.code is ErrorCode.CANCELLED
+
+    asyncio.run(scenario())
+
+
+def test_a_result_returned_after_cancellation_is_ignored() -> None:
+    async def scenario() -> None:
+        async with serve_and_connect(workers=1) as (_, peer):
+            eid = await submit(peer, "ignore_cancel")
+            await started_pid(peer, eid)
+            assert (await cancel(peer, eid)).changed
+            # One worker: the next execution starts only once the late result came back.
+            follower = await submit(peer, "echo", n=1)
+            assert (await final(peer, follower)).status is S.COMPLETE
+            record = (await status(peer, eid)).execution
+            assert record.status is S.CANCELLED
+            assert record.result is None
+            statuses = [
+                e.record.status for e in peer.events_of(eid) if isinstance(e, ExecutionEvent)
+            ]
+            assert statuses == [S.QUEUED, S.RUNNING, S.CANCELLED]
+
+    asyncio.run(scenario())
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_compile_artifacts_are_used_and_expire() -> None:
+    async def scenario() -> None:
+        clock = FakeClock()
+        async with serve_and_connect(workers=1, artifact_ttl=60.0, clock=clock) as (_, peer):
+            compiled = await peer.request(
+                Submit(handler="compile", params={"steps": ["blur", "count"]}, compile_only=True)
+            )
+            assert isinstance(compiled, SubmitReply)
+            artifact_id = compiled.execution_id
+            assert (await final(peer, artifact_id)).result == {
+                "plan": {"steps": ["blur", "count"], "compiled_by": "test"}
+            }
+            run = await peer.request(
+                Submit(handler="execute", params={}, compile_artifact_id=artifact_id)
+            )
+            assert isinstance(run, SubmitReply)
+            record = await final(peer, run.execution_id)
+            assert record.result == {"executed": ["blur", "count"], "compile_only": False}
+            assert record.compile_artifact_id == artifact_id
+            # Expires between submission and start: the execution fails artifact_missing.
+            blocker = await submit(peer, "wait_for_cancel")
+            await started_pid(peer, blocker)
+            late = await peer.request(
+                Submit(handler="execute", params={}, compile_artifact_id=artifact_id)
+            )
+            assert isinstance(late, SubmitReply)
+            assert late.queue_position == 1
+            clock.now += 61.0
+            await cancel(peer, blocker)
+            expired = await final(peer, late.execution_id)
+            assert expired.status is S.FAILED
+            assert expired.error is not None
+            assert expired.error.code is ErrorCode.ARTIFACT_MISSING
+            # And it is refused at submission from now on.
+            refused = await peer.request(
+                Submit(handler="execute", params={}, compile_artifact_id=artifact_id)
+            )
+            assert isinstance(refused, ErrorReply)
+            assert refused.code is ErrorCode.ARTIFACT_MISSING
+            assert refused.details == {"field": "submit.compile_artifact_id"}
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.timeout(60)
+def test_worker_figures_are_real() -> None:
+    async def scenario() -> None:
+        async with serve_and_connect(workers=1) as (_, peer):
+            eid = await submit(peer, "burn_cpu", timeout=20)
+            pid = await started_pid(peer, eid)
+            async with asyncio.timeout(15):
+                while True:
+                    workers = (await server_status(peer)).workers
+                    mine = [w for w in workers if w.pid == pid]
+                    if mine and mine[0].cpu_percent > 0:
+                        break
+            assert mine[0].execution_id == eid
+            assert mine[0].memory_mb > 1.0
+            await cancel(peer, eid)
+            assert (await final(peer, eid)).status is S.CANCELLED
+
+    asyncio.run(scenario())
+
+
+def test_a_result_too_large_for_any_message_fails_clearly() -> None:
+    async def scenario() -> None:
+        async with serve_and_connect(workers=1, max_message_size=256 * 1024) as (_, peer):
+            big = await submit(peer, "array_result", size=100_000)  # 800 kB of float64
+            record = await final(peer, big)
+            assert record.status is S.FAILED
+            assert record.error is not None
+            assert record.error.code is ErrorCode.HANDLER_ERROR
+            assert "800" in record.error.message
+            assert "max_message_size" in record.error.message
+            small = await submit(peer, "array_result", size=1000)
+            assert (await final(peer, small)).status is S.COMPLETE
+
+    asyncio.run(scenario())
