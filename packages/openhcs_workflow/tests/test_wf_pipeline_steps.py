@@ -326,8 +326,10 @@ def test_any_json_value_for_any_parameter_is_accepted_or_named(data: Any, value:
     spec = data.draw(st.sampled_from([DEFAULT_REGISTRY.lookup(n, "x") for n in DEFAULT_REGISTRY]))
     names = [p.name for p in spec.params]
     name = data.draw(st.sampled_from(names) | st.text(min_size=1, max_size=4))
+    # The step under test sits at index 2; the pipeline ends in labels whatever it clears.
     pipeline = [{"name": "otsu_threshold"}, {"name": "label_objects"}]
     pipeline.append({"name": spec.name, "params": {name: value}})
+    pipeline += [{"name": "otsu_threshold"}, {"name": "label_objects"}]
     try:
         bound = bind_pipeline(parse_pipeline(pipeline), DEFAULT_REGISTRY, channels=[1, 2])
     except PipelineError as exc:

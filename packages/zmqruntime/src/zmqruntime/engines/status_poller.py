@@ -199,8 +199,11 @@ class _PollRun:
             restarted = self._signals_epoch(self.watch)
             if restarted is not None:
                 return restarted
-        silent = now - self._life()
-        if silent >= self.limits.liveness:
+        life = self._life()
+        # Compared exactly as `_idle` computes its wake-up time (life + liveness), so float
+        # rounding can never leave the poller "alive" at a moment it is due to be lost.
+        if now >= life + self.limits.liveness:
+            silent = now - life
             last = f"; last poll error: {self.last_error!r}" if self.last_error else ""
             return self._end(
                 PollOutcomeKind.LOST,
@@ -209,7 +212,7 @@ class _PollRun:
                 self.last_error,
             )
         deadline = self.limits.deadline
-        if deadline is not None and now - self.started >= deadline:
+        if deadline is not None and now >= self.started + deadline:
             last = f" (last status: {self.status})" if self.status is not None else ""
             return self._end(
                 PollOutcomeKind.TIMED_OUT, f"timed out after {deadline:g} s{last}", self.last_error
