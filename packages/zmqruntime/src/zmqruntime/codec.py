@@ -11,16 +11,17 @@ to read one, so the server can still answer the request.
 from __future__ import annotations
 
 import json
+import os
 import re
-import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from json import encoder as json_encoder
 from typing import Any, ClassVar, Final
 
 import attrs
 import numpy.typing as npt
 import zmq
 
-from zmqruntime.arrays import extract_arrays, read_array, restore_arrays
+from zmqruntime.arrays import ZERO_COPY_THRESHOLD, extract_arrays, read_array, restore_arrays
 from zmqruntime.json_types import strict_json_loads
 from zmqruntime.messages import (
     CONTROL_MESSAGE_TYPES,
@@ -33,6 +34,7 @@ from zmqruntime.schema import (
     MISSING,
     SchemaError,
     WireModel,
+    holds_arrays,
     join_path,
     json_type_name,
     key_segment,
@@ -176,12 +178,59 @@ class Envelope:
 _ENCODER: Final = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 
 
+def _compact_dumps() -> Callable[[Any], str]:
+    """`_ENCODER.encode`, minus its per-call set-up: the C encoder it would build on every
+    call, built once (no circular-reference bookkeeping: bodies are validated, at most
+    MAX_JSON_DEPTH deep). The plain encoder where the C one is missing."""
+    make = getattr(json_encoder, "c_make_encoder", None)
+    if make is None:
+        return _ENCODER.encode
+    encode = make(
+        None,  # markers: no circular check
+        _ENCODER.default,
+        json_encoder.encode_basestring_ascii,
+        None,  # indent
+        ":",
+        ",",
+        False,  # sort_keys
+        False,  # skipkeys
+        False,  # allow_nan
+    )
+
+    def dumps(value: Any) -> str:
+        return "".join(encode(value, 0))
+
+    return dumps
+
+
+_dumps: Final = _compact_dumps()
+_quote: Final = json_encoder.encode_basestring_ascii
+#: The envelope text up to its msg_id, per message type (fields in the order of §4).
+_HEADS: dict[str, str] = {}
+
+
+def _envelope_head(kind: str) -> str:
+    head = _HEADS.get(kind)
+    if head is None:
+        head = _HEADS[kind] = f'{{"protocol":{_quote(PROTOCOL_VERSION)},"type":{_quote(kind)},'
+    return head
+
+
+def _id_json(value: str | None) -> str:
+    return "null" if value is None else _quote(value)
+
+
 def _as_buffer(frame: InFrame) -> Frame:
+    """The frame's bytes: itself, a copy when small, or a flat byte view (whose `len` is its
+    size in bytes). Small frames are cheaper to handle as bytes than as views."""
     if isinstance(frame, bytes):
         return frame
     if isinstance(frame, zmq.Frame):
-        return frame.buffer
-    view = memoryview(frame)
+        if len(frame) <= ZERO_COPY_THRESHOLD:
+            return frame.bytes
+        view = frame.buffer
+    else:
+        view = memoryview(frame)
     if view.format != "B" or view.ndim != 1:
         view = view.cast("B")
     return view
@@ -239,33 +288,44 @@ class WireCodec:
         alone until sent). Raises `SchemaError` for a bad request_id/server_epoch and
         `TooLarge` above the limits.
         """
-        if not isinstance(message, WireModel) or not hasattr(message, "TYPE"):
+        kind = getattr(message, "TYPE", None)
+        if kind is None or not isinstance(message, WireModel):
             raise TypeError(f"not a message type: {type(message).__qualname__}")
         _check_id("envelope.request_id", request_id)
         _check_id("envelope.server_epoch", server_epoch)
         if topic is not None and not isinstance(topic, bytes):
             raise TypeError("topic must be bytes")
         body = message.to_wire()
-        headers: list[dict[str, Any]] = []
+        headers = "[]"
         arrays: list[Frame] = []
-        if message.may_hold_arrays():
-            body, headers, arrays = extract_arrays(body)
+        if holds_arrays(message):
+            body, array_headers, arrays = extract_arrays(body)
             if len(arrays) > self.max_arrays:
                 raise TooLarge(
                     f"{len(arrays)} arrays in one message; the limit is {self.max_arrays}"
                 )
-        envelope = {
-            "protocol": PROTOCOL_VERSION,
-            "type": message.TYPE,
-            "msg_id": secrets.token_hex(16),
-            "request_id": request_id,
-            "server_epoch": server_epoch,
-            "arrays": headers,
-            "body": body,
-        }
-        raw = _ENCODER.encode(envelope).encode()
+            headers = _dumps(array_headers)
+        text = "".join(
+            (
+                _envelope_head(kind),
+                '"msg_id":"',
+                os.urandom(16).hex(),
+                '","request_id":',
+                _id_json(request_id),
+                ',"server_epoch":',
+                _id_json(server_epoch),
+                ',"arrays":',
+                headers,
+                ',"body":',
+                _dumps(body),
+                "}",
+            )
+        )
+        raw = text.encode()
         signed: list[Frame] = [raw, *arrays] if topic is None else [topic, raw, *arrays]
-        size = sum(frame_length(f) for f in signed) + 64
+        size = len(raw) + 64
+        if arrays or topic is not None:
+            size = sum(frame_length(f) for f in signed) + 64
         if size > self.max_message_size:
             raise TooLarge(f"message of {size} bytes; the limit is {self.max_message_size}")
         signature = self._signer.sign(signed)
@@ -292,7 +352,7 @@ class WireCodec:
                 f"{count - head - 2} array frames in one message; the limit is {self.max_arrays}"
             )
         buffers = [f if type(f) is bytes else _as_buffer(f) for f in frames]
-        size = sum([len(b) if type(b) is bytes else frame_length(b) for b in buffers])
+        size = sum(map(len, buffers))
         if size > self.max_message_size:
             raise TooLarge(f"message of {size} bytes; the limit is {self.max_message_size}")
         signature = bytes(buffers[head])
@@ -327,7 +387,9 @@ class WireCodec:
         raw_id = data.get("request_id")
         request_id = raw_id if type(raw_id) is str and 1 <= len(raw_id) <= _ID_MAX else None
         try:
-            protocol = self._check_protocol(data.get("protocol", MISSING), request_id)
+            protocol = data.get("protocol", MISSING)
+            if protocol != PROTOCOL_VERSION:
+                protocol = self._check_protocol(protocol, request_id)
             cls = self._check_envelope(data, on_events)
             headers = data.get("arrays", _NO_ARRAYS)
             arrays = (
@@ -369,14 +431,15 @@ class WireCodec:
 
     @staticmethod
     def _check_envelope(data: Mapping[str, object], on_events: bool) -> type[Any]:
-        if len(data) > len(_ENVELOPE_FIELDS) or not _ENVELOPE_FIELDS.issuperset(data):
-            for key in data:
-                if key not in _ENVELOPE_FIELDS:
-                    path = join_path("envelope", key_segment(key))
-                    raise SchemaError(path, data[key], "unknown field")
-        for key in _REQUIRED_ENVELOPE_FIELDS:
-            if key not in data:
-                raise SchemaError(f"envelope.{key}", MISSING, "required field is missing")
+        if data.keys() != _ENVELOPE_FIELDS:  # else all there, nothing else: what we write
+            if len(data) > len(_ENVELOPE_FIELDS) or not _ENVELOPE_FIELDS.issuperset(data):
+                for key in data:
+                    if key not in _ENVELOPE_FIELDS:
+                        path = join_path("envelope", key_segment(key))
+                        raise SchemaError(path, data[key], "unknown field")
+            for key in _REQUIRED_ENVELOPE_FIELDS:
+                if key not in data:
+                    raise SchemaError(f"envelope.{key}", MISSING, "required field is missing")
         msg_id = data["msg_id"]
         if type(msg_id) is not str or _MSG_ID.fullmatch(msg_id) is None:
             raise SchemaError("envelope.msg_id", msg_id, "must be 32 lowercase hex characters")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from typing import Annotated, Any, Final, TypeAlias
 
 import numpy as np
@@ -23,6 +24,7 @@ __all__ = [
     "JsonObject",
     "JsonValue",
     "check_json_value",
+    "holds_arrays",
     "json_eq_key",
     "strict_json_loads",
     "to_json_value",
@@ -34,11 +36,20 @@ def _reject_constant(name: str) -> Any:
 
 
 _DECODER: Final = json.JSONDecoder(parse_constant=_reject_constant)
+_scan_once: Final[Callable[[str, int], tuple[Any, int]]] = _DECODER.scan_once  # type: ignore[attr-defined]
 
 
 def strict_json_loads(text: str) -> Any:
     """`json.loads` that refuses `NaN`, `Infinity` and `-Infinity` (ValueError)."""
-    return _DECODER.decode(text)
+    # The decoder's own scanner on text without surrounding whitespace (what encoders write);
+    # anything else, errors included, takes the full `decode` for its exact messages.
+    try:
+        value, end = _scan_once(text, 0)
+    except StopIteration:
+        return _DECODER.decode(text)
+    if end != len(text):
+        return _DECODER.decode(text)
+    return value
 
 
 def _leaf(value: Any) -> None:
@@ -123,6 +134,30 @@ def to_json_value(value: Any) -> Any:
     return check_json_value(convert(value))
 
 
+_PLAIN: Final = frozenset({str, int, float, bool, type(None)})
+
+
+def holds_arrays(value: Any) -> bool:
+    """Whether a (valid) free-form JSON value holds a numpy array anywhere; cheap when it
+    holds none, so the codec only walks a body for arrays when there are some."""
+    kind = type(value)
+    if kind in _PLAIN:
+        return False
+    if kind is dict:
+        items: Any = value.values()
+    elif kind is list or kind is tuple:
+        items = value
+    elif isinstance(value, np.ndarray):
+        return True
+    elif isinstance(value, dict):
+        items = value.values()
+    elif isinstance(value, list | tuple):
+        items = value
+    else:
+        return False
+    return any(type(item) not in _PLAIN and holds_arrays(item) for item in items)
+
+
 def json_eq_key(value: Any) -> Any:
     """A hashable key equal for equal JSON values; arrays compare by dtype, shape and bytes."""
     if isinstance(value, dict):
@@ -134,8 +169,15 @@ def json_eq_key(value: Any) -> Any:
     return value
 
 
-_JSON_VALUE = WireType(parse=check_json_value, check=check_json_value, may_hold_arrays=True)
-_JSON_OBJECT = WireType(parse=_check_json_object, check=_check_json_object, may_hold_arrays=True)
+_JSON_VALUE = WireType(
+    parse=check_json_value, check=check_json_value, may_hold_arrays=True, holds_arrays=holds_arrays
+)
+_JSON_OBJECT = WireType(
+    parse=_check_json_object,
+    check=_check_json_object,
+    may_hold_arrays=True,
+    holds_arrays=holds_arrays,
+)
 
 #: Any JSON value (numpy arrays allowed), for free-form fields such as a handler's result.
 JsonValue: TypeAlias = Annotated[Any, _JSON_VALUE]

@@ -25,13 +25,16 @@ only assembled when an error is raised.
 from __future__ import annotations
 
 import enum
+import functools
 import math
 import numbers
+import operator
 import re
 import sys
 import types
 import typing
 from collections.abc import Callable, Mapping
+from itertools import repeat
 from typing import Annotated, Any, ClassVar, Final, Literal, Self, TypeAlias, Union
 
 import attrs
@@ -213,13 +216,16 @@ class WireType:
     `parse` turns a wire value into the Python value, `check` validates (and may normalise) a
     value given in Python, `dump` turns the Python value into its wire form (None: as is).
     Each raises `SchemaError` with an empty or relative path. `may_hold_arrays` tells the codec
-    that values of this field can contain numpy arrays to move into binary frames.
+    that values of this field can contain numpy arrays to move into binary frames;
+    `holds_arrays`, when given, tells cheaply whether one (valid) value does, so the codec
+    skips its array walk for values without any (None: assume every value may).
     """
 
     parse: Callable[[Any], Any]
     check: Callable[[Any], Any]
     dump: Callable[[Any], Any] | None = None
     may_hold_arrays: bool = False
+    holds_arrays: Callable[[Any], bool] | None = None
 
 
 NonNegativeInt: TypeAlias = Annotated[int, Ge(0)]
@@ -235,12 +241,19 @@ NonEmptyStr: TypeAlias = Annotated[str, MinLen(1)]
 _Fn = Callable[[Any], Any]
 
 
+def _always(_: Any) -> bool:
+    return True
+
+
 @attrs.frozen
 class _Kind:
+    """How one type is parsed, checked and dumped; `holds_arrays` tells whether a valid value
+    holds numpy arrays (None: values of this type never do)."""
+
     parse: _Fn
     check: _Fn
     dump: _Fn | None
-    may_hold_arrays: bool = False
+    holds_arrays: Callable[[Any], bool] | None = None
 
 
 def _then(first: _Fn, second: _Fn | None) -> _Fn:
@@ -479,11 +492,13 @@ def _literal_kind(values: tuple[object, ...]) -> _Kind:
 
 
 def _optional_kind(inner: _Kind) -> _Kind:
+    inner_parse, inner_check = inner.parse, inner.check
+
     def parse(value: Any) -> Any:
-        return None if value is None else inner.parse(value)
+        return None if value is None else inner_parse(value)
 
     def check(value: Any) -> Any:
-        return None if value is None else inner.check(value)
+        return None if value is None else inner_check(value)
 
     dump: _Fn | None = None
     if inner.dump is not None:
@@ -492,42 +507,59 @@ def _optional_kind(inner: _Kind) -> _Kind:
         def dump(value: Any) -> Any:
             return None if value is None else inner_dump(value)
 
-    return _Kind(parse, check, dump, inner.may_hold_arrays)
+    holds: Callable[[Any], bool] | None = None
+    if inner.holds_arrays is not None:
+        inner_holds = inner.holds_arrays
+
+        def holds(value: Any) -> bool:
+            return value is not None and inner_holds(value)
+
+    return _Kind(parse, check, dump, holds)
 
 
 def _tuple_kind(item: _Kind) -> _Kind:
     def walk(value: Any, each: _Fn) -> tuple[Any, ...]:
-        out = []
-        for index, element in enumerate(value):
+        try:
+            return tuple(map(each, value))
+        except SchemaError:
+            pass
+        for index, element in enumerate(value):  # again, to name the bad element
             try:
-                out.append(each(element))
+                each(element)
             except SchemaError as exc:
                 raise exc.prefixed(f"[{index}]") from None
-        return tuple(out)
+        raise AssertionError("unreachable: an element failed once and then passed")
+
+    item_parse, item_check, item_dump = item.parse, item.check, item.dump
 
     def parse(value: Any) -> tuple[Any, ...]:
         if type(value) is not list and type(value) is not tuple:
             raise type_error("an array", value)
-        return walk(value, item.parse)
+        return walk(value, item_parse)
 
     def check(value: Any) -> tuple[Any, ...]:
-        if not isinstance(value, list | tuple):
+        if type(value) is not tuple and not isinstance(value, list | tuple):
             raise type_error("a tuple", value)
-        return walk(value, item.check)
-
-    item_dump = item.dump
+        return walk(value, item_check)
 
     def dump(value: tuple[Any, ...]) -> list[Any]:
         if item_dump is None:
             return list(value)
-        return [item_dump(element) for element in value]
+        return list(map(item_dump, value))
 
-    return _Kind(parse, check, dump, item.may_hold_arrays)
+    holds: Callable[[Any], bool] | None = None
+    if item.holds_arrays is not None:
+        item_holds = item.holds_arrays
+
+        def holds(value: tuple[Any, ...]) -> bool:
+            return any(map(item_holds, value))
+
+    return _Kind(parse, check, dump, holds)
 
 
 def _model_kind(cls: type[WireModel]) -> _Kind:
-    def parse(value: Any) -> Any:
-        return _spec(cls).parse_object(value)
+    spec = _spec(cls)
+    spec_dump = spec.dump
 
     def check(value: Any) -> WireModel:
         if not isinstance(value, cls):
@@ -535,9 +567,10 @@ def _model_kind(cls: type[WireModel]) -> _Kind:
         return value
 
     def dump(value: WireModel) -> dict[str, Any]:
-        return value.to_wire()
+        return spec_dump(value) if type(value) is cls else value.to_wire()
 
-    return _Kind(parse, check, dump, _spec(cls).may_hold_arrays)
+    holds = spec.holds_arrays if spec.may_hold_arrays else None
+    return _Kind(spec.parse_object, check, dump, holds)
 
 
 _SCALARS: dict[object, _Kind] = {
@@ -556,14 +589,17 @@ def _kind_of(hint: Any) -> _Kind:
         custom = [m for m in meta if isinstance(m, WireType)]
         if custom:
             wt = custom[-1]
-            return _Kind(wt.parse, wt.check, wt.dump, wt.may_hold_arrays)
+            holds = (wt.holds_arrays or _always) if wt.may_hold_arrays else None
+            return _Kind(wt.parse, wt.check, wt.dump, holds)
         kind = _kind_of(base)
         if base in (int, float):
             rule = _number_bounds(meta)
         else:
             rule = _length_rules(meta, "bytes" if base is bytes else "characters")
+        # Values of the exact wire type pass parse and check alike: one fast path serves both.
         parse = _fast_parse(base, meta, _then(kind.parse, rule))
-        return _Kind(parse, _then(kind.check, rule), kind.dump, kind.may_hold_arrays)
+        check = _fast_parse(base, meta, _then(kind.check, rule))
+        return _Kind(parse, check, kind.dump, kind.holds_arrays)
     if origin is Union or origin is types.UnionType:
         args = [a for a in typing.get_args(hint) if a is not type(None)]
         if len(args) != 1 or len(args) == len(typing.get_args(hint)):
@@ -597,8 +633,53 @@ class _Required:
 _REQUIRED: Final = _Required()
 
 
+_new = object.__new__
+_setattr = object.__setattr__
+_call = operator.call
+
+
+def _getter(make: Callable[..., Any], names: tuple[str, ...]) -> Callable[[Any], tuple[Any, ...]]:
+    """`operator.attrgetter` / `itemgetter` of these names that always returns a tuple."""
+    if not names:
+        return lambda _: ()
+    if len(names) == 1:
+        one = make(names[0])
+        return lambda obj: (one(obj),)
+    getter: Callable[[Any], tuple[Any, ...]] = make(*names)
+    return getter
+
+
+def _set_named(inst: Any, value: Any, *, name: str) -> None:
+    _setattr(inst, name, value)
+
+
+def _slot_setters(cls: type, names: tuple[str, ...]) -> tuple[Callable[[Any, Any], None], ...]:
+    """Per field, the `__set__` of its slot (what `object.__setattr__` ends up calling,
+    without the attribute lookup), or an `object.__setattr__` for a field without one."""
+    setters: list[Callable[[Any, Any], None]] = []
+    for name in names:
+        slot = getattr(cls, name, None)
+        if type(slot) is types.MemberDescriptorType:
+            setters.append(slot.__set__)
+        else:
+            setters.append(functools.partial(_set_named, name=name))
+    return tuple(setters)
+
+
+def _set_all(inst: object, setters: tuple[Callable[[Any, Any], None], ...], values: Any) -> None:
+    """Set the fields of a fresh instance in one C-level pass (`any` only drains the map:
+    every setter returns None)."""
+    any(map(_call, setters, repeat(inst), values))
+
+
 class _Spec:
-    """The compiled schema of one WireModel class."""
+    """The compiled schema of one WireModel class.
+
+    Parsing and dumping have a fast path that handles the usual message in a few C-level
+    passes over per-class tables (`operator.itemgetter` / `attrgetter`, `map`, slot setters);
+    anything unusual (a missing or unknown field, a bad value) goes the field-by-field way,
+    which names the bad field. Both paths apply exactly the same rules.
+    """
 
     def __init__(self, cls: type[WireModel]) -> None:
         self.cls = cls
@@ -617,18 +698,62 @@ class _Spec:
                 parsers.append((attribute.name, kind.parse, None, factory))
             else:
                 parsers.append((attribute.name, kind.parse, default, None))
-        self.names = frozenset(name for name, _ in kinds)
+        self.names = tuple(name for name, _ in kinds)
+        self.name_set = frozenset(self.names)
         self.parsers = tuple(parsers)
         self.checkers = tuple((name, kind.check) for name, kind in kinds)
-        self.dumpers = tuple((name, kind.dump) for name, kind in kinds)
-        self.may_hold_arrays = any(kind.may_hold_arrays for _, kind in kinds)
         self.omit_none = cls._OMIT_NONE
+        self.has_check = cls._check is not WireModel._check
+        # Fast paths. Parsing: every field present, or exactly the wire-required ones.
+        self.values_of = _getter(operator.attrgetter, self.names)
+        self.all_items = _getter(operator.itemgetter, self.names)
+        self.all_parsers = tuple(kind.parse for _, kind in kinds)
+        required = tuple(p for p in parsers if p[2] is _REQUIRED)
+        self.required_names = tuple(p[0] for p in required)
+        self.required_items = _getter(operator.itemgetter, self.required_names)
+        self.required_parsers = tuple(p[1] for p in required)
+        self.all_setters = _slot_setters(cls, self.names)
+        self.required_setters = _slot_setters(cls, self.required_names)
+        self.default_names = tuple(p[0] for p in parsers if p[2] is not _REQUIRED and not p[3])
+        self.default_setters = _slot_setters(cls, self.default_names)
+        self.default_values = tuple(p[2] for p in parsers if p[2] is not _REQUIRED and not p[3])
+        self.factories = tuple((p[0], p[3]) for p in parsers if p[3] is not None)
+        # Dumping: the values as they are, then the fields whose wire form differs.
+        self.dumpers = tuple((name, kind.dump) for name, kind in kinds if kind.dump is not None)
+        self.array_probes = tuple(
+            (name, kind.holds_arrays) for name, kind in kinds if kind.holds_arrays is not None
+        )
+        self.may_hold_arrays = bool(self.array_probes)
 
     def parse_object(self, data: object) -> Any:
+        if type(data) is dict:
+            size = len(data)
+            try:
+                if size == len(self.names):  # every field, hence no unknown one
+                    setters = self.all_setters
+                    values = tuple(map(_call, self.all_parsers, self.all_items(data)))
+                elif size == len(self.required_names):  # the required ones, nothing else
+                    setters = self.required_setters
+                    values = tuple(map(_call, self.required_parsers, self.required_items(data)))
+                else:
+                    return self.parse_fieldwise(data)
+            except (KeyError, SchemaError):
+                return self.parse_fieldwise(data)  # to name what is missing or wrong
+            inst = _new(self.cls)
+            _set_all(inst, setters, values)
+            if setters is not self.all_setters:
+                _set_all(inst, self.default_setters, self.default_values)
+                for name, factory in self.factories:
+                    _setattr(inst, name, factory())
+            if self.has_check:
+                inst._check()
+            return inst
+        return self.parse_fieldwise(data)
+
+    def parse_fieldwise(self, data: object) -> Any:
         if not isinstance(data, dict | Mapping):
             raise type_error("an object", data)
-        inst = object.__new__(self.cls)
-        setter = object.__setattr__
+        inst = _new(self.cls)
         get = data.get
         seen = 0
         for name, parse, default, factory in self.parsers:
@@ -636,22 +761,22 @@ class _Spec:
             if raw is MISSING:
                 if default is _REQUIRED:
                     raise SchemaError(name, MISSING, "required field is missing")
-                setter(inst, name, default if factory is None else factory())
+                _setattr(inst, name, default if factory is None else factory())
                 continue
             seen += 1
             try:
-                setter(inst, name, parse(raw))
+                _setattr(inst, name, parse(raw))
             except SchemaError as exc:
                 raise exc.prefixed(name) from None
         if seen != len(data):
             for key in data:
-                if key not in self.names:
+                if key not in self.name_set:
                     raise SchemaError(key_segment(str(key)), data[key], "unknown field")
         inst._check()
         return inst
 
     def validate(self, inst: WireModel) -> None:
-        setter = object.__setattr__
+        # Field by field: with a getattr and a check each, this beats any batched form.
         for name, check in self.checkers:
             value = getattr(inst, name)
             try:
@@ -659,22 +784,28 @@ class _Spec:
             except SchemaError as exc:
                 raise exc.prefixed(name) from None
             if normalised is not value:
-                setter(inst, name, normalised)
-        inst._check()
+                _setattr(inst, name, normalised)
+        if self.has_check:
+            inst._check()
 
     def dump(self, inst: WireModel) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        omit_none = self.omit_none
+        pairs = zip(self.names, self.values_of(inst), strict=True)
+        if self.omit_none:
+            out = {name: value for name, value in pairs if value is not None}
+            for name, dump in self.dumpers:
+                if name in out:
+                    out[name] = dump(out[name])
+            return out
+        out = dict(pairs)
         for name, dump in self.dumpers:
-            value = getattr(inst, name)
-            if value is None:
-                if not omit_none:
-                    out[name] = None
-            elif dump is None:
-                out[name] = value
-            else:
+            value = out[name]
+            if value is not None:
                 out[name] = dump(value)
         return out
+
+    def holds_arrays(self, inst: WireModel) -> bool:
+        """Whether any free-form field of this instance (nested ones included) holds arrays."""
+        return any(probe(getattr(inst, name)) for name, probe in self.array_probes)
 
 
 _SPECS: dict[type, _Spec] = {}
@@ -730,3 +861,10 @@ class WireModel:
     def may_hold_arrays(cls) -> bool:
         """Whether a message of this class can carry numpy arrays (free-form JSON fields)."""
         return _spec(cls).may_hold_arrays
+
+
+def holds_arrays(model: WireModel) -> bool:
+    """Whether this message holds numpy arrays now (a cheap test of its free-form fields only;
+    the codec walks a body for arrays only when this is true)."""
+    spec = _spec(type(model))
+    return spec.may_hold_arrays and spec.holds_arrays(model)

@@ -23,8 +23,6 @@ _LENGTH = struct.Struct(">Q")
 _BLOCK = 64  # SHA-256 block size
 _IPAD = bytes(b ^ 0x36 for b in range(256))
 _OPAD = bytes(b ^ 0x5C for b in range(256))
-#: Frames up to this size are joined (copied) before hashing; larger ones are hashed in place.
-_JOIN_LIMIT = 64 * 1024
 
 Buffer = bytes | bytearray | memoryview
 
@@ -58,31 +56,22 @@ class MessageSigner:
     def sign(self, frames: Sequence[Buffer]) -> bytes:
         """The 64-byte lowercase hex signature of these frames, in order.
 
-        Small frames are joined with their length prefixes and fed to the HMAC at once;
-        frames above `_JOIN_LIMIT` are fed separately, so large array frames are never
-        copied.
+        Each frame is fed to the HMAC after its length prefix, in place: frames are never
+        joined or copied, however large.
         """
         mac = self._inner.copy()
+        update = mac.update
         pack = _LENGTH.pack
-        parts: list[Buffer] = []
         for frame in frames:
-            length = len(frame) if type(frame) is bytes else frame_length(frame)
-            parts.append(pack(length))
-            if length > _JOIN_LIMIT:
-                mac.update(b"".join(parts))
-                mac.update(frame)
-                parts.clear()
-            else:
-                parts.append(frame)
-        if parts:
-            mac.update(b"".join(parts))
+            update(pack(len(frame) if type(frame) is bytes else frame_length(frame)))
+            update(frame)
         outer = self._outer.copy()
         outer.update(mac.digest())
-        return outer.hexdigest().encode("ascii")
+        return outer.hexdigest().encode()
 
     def verify(self, signature: Buffer, frames: Sequence[Buffer]) -> bool:
         """Whether `signature` is the signature of `frames`, compared in constant time."""
-        return hmac.compare_digest(bytes(signature), self.sign(frames))
+        return hmac.compare_digest(signature, self.sign(frames))
 
     def __repr__(self) -> str:
         return "MessageSigner(key=<hidden>)"
