@@ -6,6 +6,7 @@ installed and fall back to virtualenv + pip where it is not.
 
 from __future__ import annotations
 
+import glob
 import os
 
 import nox
@@ -47,15 +48,78 @@ def typecheck(session: nox.Session) -> None:
     session.run("mypy")
 
 
+def _install_with_extras(session: nox.Session, extras: dict[str, str], *extra: str) -> None:
+    """The three packages (editable), each with the given extras (`{"openhcs_workflow": "qt"}`)."""
+    packages = [
+        f"packages/{name}[{extras[name]}]" if name in extras else f"packages/{name}"
+        for name in PACKAGES
+    ]
+    session.install(*[arg for package in packages for arg in ("-e", package)], *extra)
+
+
 @nox.session
 def demo(session: nox.Session) -> None:
     """Generate plates, start a loopback server, compile and run them with live progress."""
-    _install_packages(session)
+    _install_with_extras(session, {"openhcs_workflow": "images,console"})
     session.run("python", "-m", "openhcs_workflow", "demo", *session.posargs)
 
 
 @nox.session
+def notebook(session: nox.Session) -> None:
+    """Execute examples/plate_batch.ipynb headlessly (nbclient) and test the notebook host."""
+    _install_with_extras(
+        session,
+        {name: "test" for name in PACKAGES} | {"openhcs_workflow": "test,notebook"},
+        "nbclient>=0.10",
+        "nbformat>=5.10",
+        "ipykernel>=6.29",
+    )
+    tests = session.posargs or glob.glob("packages/openhcs_workflow/tests/test_wf_notebook*.py")
+    session.run("pytest", *tests, env={"PYTHONFAULTHANDLER": "1", "JUPYTER_PREFER_ENV_PATH": "1"})
+
+
+@nox.session
+def qt(session: nox.Session) -> None:
+    """The Qt tests under QT_QPA_PLATFORM=offscreen: QtDispatcher and the Qt example.
+
+    Each package's Qt tests run in a pytest process of their own: reactive_services' need
+    only a QGuiApplication, the example's widgets a QApplication, and a process has one.
+    """
+    _install_with_extras(
+        session,
+        {name: "test" for name in PACKAGES}
+        | {"reactive_services": "test,qt", "openhcs_workflow": "test,qt"},
+    )
+    env = {"PYTHONFAULTHANDLER": "1", "QT_QPA_PLATFORM": "offscreen"}
+    for pattern in (
+        "packages/reactive_services/tests/test_rs_qt*.py",
+        "packages/openhcs_workflow/tests/test_wf_qt*.py",
+    ):
+        session.run("pytest", *sorted(glob.glob(pattern)), *session.posargs, env=env)
+
+
+@nox.session
 def bench(session: nox.Session) -> None:
-    """Benchmarks as ratios against baselines measured in the same run (`-- --quick`)."""
-    _install_packages(session)
+    """Benchmarks against peers and limits measured in the same run; writes bench/results.json
+    and docs/benchmarks.md (`-- --quick` for a short run, `-- --only NAME ...` for some)."""
+    # The peers ours is measured against are dependencies of this session only (not of the
+    # packages); py-spy profiles the slow side when a goal is missed.
+    peers = ("dask[distributed]>=2024.1", "ipyparallel>=8.6", "psutil>=5.9", "py-spy>=0.3.14")
+    _install_packages(session, *peers)
     session.run("python", "-m", "bench", *session.posargs, env={"PYTHONPATH": os.getcwd()})
+
+
+@nox.session
+def faults(session: nox.Session) -> None:
+    """Faults, hostile input and scale-out, with real processes (a few minutes): workers and
+    servers killed, stopped and restarted, a slow subscriber under 200,000 updates, a fuzzed
+    server, the loopback/no-pickle checks, CurveZMQ and the Dask executor."""
+    _install_with_extras(session, {name: "test" for name in PACKAGES} | {"zmqruntime": "test,dask"})
+    patterns = ("fault_*", "hostile_*", "safety", "curve", "dask")
+    tests = session.posargs or sorted(
+        path
+        for pattern in patterns
+        for path in glob.glob(f"packages/zmqruntime/tests/test_zr_{pattern}.py")
+    )
+    env = {"PYTHONFAULTHANDLER": "1", "ZMQRUNTIME_FAULTS": "1"}
+    session.run("pytest", *tests, env=env)

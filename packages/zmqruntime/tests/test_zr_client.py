@@ -201,8 +201,10 @@ def test_dead_server_fails_requests_fast() -> None:
             with pytest.raises(ServerUnavailable) as lost:
                 await pending_ping
             assert "lost" in str(lost.value) or "no server reachable" in str(lost.value)
-            with pytest.raises(ServerUnavailable, match="no server reachable"):
-                await client.ping()
+            # Nothing answers any more (the freed port may even be taken by another process,
+            # whose replies would not verify): a bounded failure, never a hang.
+            with pytest.raises(ServerUnavailable):
+                await client.ping(timeout=5.0)
 
     with start_server_process(SAMPLE_HANDLERS, workers=1) as process:
         run(lambda: scenario(process))

@@ -23,8 +23,9 @@ from pathlib import Path
 from zmqruntime.connection import ConnectionInfo
 from zmqruntime.server.handlers import HandlerRegistry, HandlerSpecError
 from zmqruntime.server.server import ExecutionServer, ServerStartError
+from zmqruntime.signing import new_key
 
-__all__ = ["default_connection_file", "main"]
+__all__ = ["default_connection_file", "load_or_create_key", "main"]
 
 log = logging.getLogger("zmqruntime.serve")
 
@@ -40,6 +41,29 @@ def default_connection_file() -> Path:
         base = Path(tempfile.gettempdir()) / f"zmqruntime-{os.getuid()}"
     base.mkdir(mode=0o700, parents=True, exist_ok=True)
     return base / f"server-{os.getpid()}.json"
+
+
+def load_or_create_key(path: Path) -> bytes:
+    """The hex signing key stored at `path`; a fresh one is written there (0600) if absent.
+
+    Reusing the key lets a server restarted on the same ports be talked to by clients and
+    workers that still hold the old connection file; they tell it apart by its new epoch.
+    """
+    try:
+        text = path.read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        key = new_key()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="ascii") as handle:
+            handle.write(key.hex() + "\n")
+        return key
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        raise ValueError("expected the key as hex digits") from None
+    if len(key) < 16:
+        raise ValueError(f"the key has {len(key)} bytes; at least 16 are needed")
+    return key
 
 
 def _positive_float(text: str) -> float:
@@ -104,6 +128,26 @@ def _parser() -> argparse.ArgumentParser:
         "--artifact-ttl", type=_positive_float, default=1800.0, help="seconds (default 1800)"
     )
     serve.add_argument(
+        "--max-message-size",
+        type=_positive_int,
+        default=64 * 2**20,
+        help="bytes a message may have on any channel (default 64 MiB)",
+    )
+    serve.add_argument(
+        "--key-file",
+        type=Path,
+        default=None,
+        help="signing key (hex) to reuse; created (mode 0600) if missing, so a restarted "
+        "server on the same ports keeps its clients' key",
+    )
+    serve.add_argument(
+        "--journal",
+        type=Path,
+        default=None,
+        help="SQLite journal of execution records: after a restart, executions of the "
+        "previous run answer `failed` (server_restarted) or keep their results",
+    )
+    serve.add_argument(
         "--log-level",
         default="WARNING",
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -114,6 +158,13 @@ def _parser() -> argparse.ArgumentParser:
 
 async def _serve(args: argparse.Namespace) -> int:
     port = args.port
+    key = None
+    if args.key_file is not None:
+        try:
+            key = load_or_create_key(args.key_file)
+        except (OSError, ValueError) as exc:
+            print(f"zmqruntime serve: error: --key-file {args.key_file}: {exc}", file=sys.stderr)
+            return 2
     server = ExecutionServer(
         args.handlers,
         host=args.host,
@@ -123,6 +174,9 @@ async def _serve(args: argparse.Namespace) -> int:
         workers=args.workers,
         heartbeat_interval=args.heartbeat_interval,
         artifact_ttl=args.artifact_ttl,
+        max_message_size=args.max_message_size,
+        key=key,
+        journal_path=args.journal,
     )
     try:
         info = await server.start()

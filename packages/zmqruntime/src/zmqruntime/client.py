@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import secrets
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Coroutine, Mapping
 from typing import Any, TypeVar, overload
 
 import attrs
@@ -64,6 +65,8 @@ log = logging.getLogger(__name__)
 
 _Reply = TypeVar("_Reply")
 
+#: The event reader yields to the loop after this many events in a row.
+_FAIRNESS_BATCH = 64
 #: How many executions the gap detector remembers; the oldest are forgotten first.
 _TRACKED_EXECUTIONS = 4096
 
@@ -156,6 +159,7 @@ class ExecutionClient:
         self._events: zmq.asyncio.Socket | None = None
         self._monitor: zmq.asyncio.Socket | None = None
         self._server_epoch: str | None = None
+        self._events_live = asyncio.Event()
         self._closed = False
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -402,13 +406,20 @@ class ExecutionClient:
 
     async def _read_events(self) -> None:
         assert self._events is not None
-        while True:
+        for received in itertools.count(1):
+            if received % _FAIRNESS_BATCH == 0:
+                # A waiting message is returned without yielding to the loop: under a flood of
+                # events, let replies (and the caller's tasks) run now and then.
+                await asyncio.sleep(0)
             frames = await self._events.recv_multipart(copy=False)
             try:
                 envelope = self._codec.decode(frames, topic=True)
             except WireError as exc:
                 log.warning("dropped an invalid event: %s", exc)
                 continue
+            # The first event proves the subscription reached the server (PUB drops what it
+            # publishes before a subscriber joins: ZeroMQ's slow-joiner behaviour).
+            self._events_live.set()
             self._observe_epoch(envelope.server_epoch)
             message = envelope.message
             epoch = envelope.server_epoch
@@ -469,9 +480,10 @@ class ExecutionClient:
         if execution_id in self._resyncing or self._closed:
             return
         self._resyncing.add(execution_id)
-        task = asyncio.create_task(
-            self._resync(execution_id), name=f"zmqruntime-resync-{execution_id}"
-        )
+        self._spawn(self._resync(execution_id), f"resync-{execution_id}")
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(coro, name=f"zmqruntime-{name}")
         self._tasks.append(task)
         task.add_done_callback(self._forget_task)
 
@@ -479,27 +491,34 @@ class ExecutionClient:
         with contextlib.suppress(ValueError):
             self._tasks.remove(task)
 
-    async def _resync(self, execution_id: str) -> None:
+    async def _resync(self, execution_id: str, only: _Subscription | None = None) -> None:
+        """Fetch a snapshot and deliver it to every iterator of the execution (or `only`)."""
         try:
             snapshot = await self.status(execution_id)
         except (ServerError, ServerUnavailable, ClientClosed) as exc:
             log.warning("resync of %s failed: %s", execution_id, exc)
             return
         finally:
-            self._resyncing.discard(execution_id)
+            if only is None:
+                self._resyncing.discard(execution_id)
         last = self._last_seq.get(execution_id, 0)
         self._last_seq[execution_id] = max(last, snapshot.seq)
-        self._fan_out(Resynced(execution_id=execution_id, snapshot=snapshot), execution_id)
+        event = Resynced(execution_id=execution_id, snapshot=snapshot)
+        if only is None:
+            self._fan_out(event, execution_id)
+        else:
+            only.offer(event, execution_id)
 
     # -- event iteration ------------------------------------------------------------------
 
     async def events(self, execution_id: str | None = None) -> AsyncGenerator[ClientEvent, None]:
         """Yield events for one execution (or all, with heartbeats) as they arrive.
 
-        The subscription starts at the first `__anext__`. After a lost event (a `seq` gap,
-        this iterator falling behind its buffer, or joining an execution that had already
-        published events) a `Resynced` event carries the status snapshot that stands in for
-        what was missed.
+        The subscription starts at the first `__anext__`, once the client's event stream is
+        live (at most one server heartbeat after `open()`). An iterator for one execution
+        starts with a `Resynced` snapshot of it, and after any lost event (a `seq` gap, or
+        this iterator falling behind its buffer) another `Resynced` stands in for what was
+        missed: events plus snapshots never leave a hole.
         """
         if not self._subscribe_events:
             raise RuntimeError("this client was created with subscribe_events=False")
@@ -507,12 +526,14 @@ class ExecutionClient:
             await self.open()
         sub = _Subscription(execution_id, self._event_buffer)
         self._subscriptions.append(sub)
-        if execution_id is not None:
-            self._track(execution_id, 0)
-            if self._last_seq[execution_id] > 0:
-                # A late joiner: what it missed is summed up by a snapshot, delivered first.
-                self._schedule_resync(execution_id)
         try:
+            # Until the subscription is live, events may be lost without any gap to show it;
+            # once it is, a snapshot sums up whatever this iterator missed before (the server's
+            # heartbeat guarantees the wait ends within one heartbeat interval).
+            await self._events_live.wait()
+            if execution_id is not None:
+                self._track(execution_id, 0)
+                self._spawn(self._resync(execution_id, only=sub), f"resync-{execution_id}")
             while True:
                 event = await sub.queue.get()
                 # Events this iterator had no room for are resynced once it reads again, so

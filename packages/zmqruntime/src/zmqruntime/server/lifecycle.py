@@ -127,6 +127,15 @@ class Lifecycle:
         self._evict()
         return record
 
+    def restore(self, record: ExecutionRecord) -> None:
+        """Put back a finished record of a previous run (from the journal), as the newest."""
+        if not record.status.is_terminal:
+            raise ValueError(f"only a finished record can be restored, not a {record.status} one")
+        self._records[record.execution_id] = record
+        self._terminal.pop(record.execution_id, None)
+        self._terminal[record.execution_id] = None
+        self._evict()
+
     def start(self, execution_id: str) -> ExecutionRecord | None:
         """`queued → running`: leaves the queue; `started_at` is now."""
         return self._transition(execution_id, ExecutionStatus.RUNNING, started_at=self._clock())

@@ -169,8 +169,22 @@ class ExecutionScheduler:
         self._effects: list[Effect] = []
         self.accepting = True
         self.forced = False
+        #: Compile artifacts that were live when a previous run of the server ended.
+        self.lost_artifacts: frozenset[str] = frozenset()
+
+    def restore(self, records: Iterable[ExecutionRecord], lost_artifacts: Iterable[str]) -> None:
+        """Take back a previous run's finished records (from the journal), oldest first, and
+        the ids of its artifacts, so `status` answers for them instead of `not_found`."""
+        for record in records:
+            self.lifecycle.restore(record)
+        self._forget_evicted()
+        self.lost_artifacts = frozenset(lost_artifacts)
 
     # -- effects --------------------------------------------------------------------------
+
+    def pending_effects(self) -> tuple[Effect, ...]:
+        """Effects produced since the last `drain`, without taking them."""
+        return tuple(self._effects)
 
     def drain(self) -> list[Effect]:
         """Effects produced since the last call, in the order they must be carried out."""
@@ -207,9 +221,14 @@ class ExecutionScheduler:
             )
         artifact_id = request.compile_artifact_id
         if artifact_id is not None and artifact_id not in self.artifacts:
+            why = (
+                "was lost when the server restarted; compile again"
+                if artifact_id in self.lost_artifacts
+                else "is unknown or expired"
+            )
             raise RequestRefused(
                 ErrorCode.ARTIFACT_MISSING,
-                f"compile artifact {artifact_id!r} is unknown or expired",
+                f"compile artifact {artifact_id!r} {why}",
                 "submit.compile_artifact_id",
             )
         if self.lifecycle.is_full:

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
+import sqlite3
 import traceback
 import uuid
 from collections.abc import Callable, Mapping
@@ -29,10 +31,12 @@ import zmq.asyncio
 
 from zmqruntime.codec import PROTOCOL_VERSION, TooLarge, WireCodec, WireError
 from zmqruntime.connection import ConnectionInfo
+from zmqruntime.execution_status import ExecutionStatus
 from zmqruntime.messages import (
     Cancel,
     ErrorCode,
     ErrorReply,
+    ExecutionEvent,
     Message,
     Ping,
     Pong,
@@ -47,6 +51,7 @@ from zmqruntime.messages import (
 from zmqruntime.progress import ProgressUpdate
 from zmqruntime.server.counters import Counters
 from zmqruntime.server.handlers import HandlerFunction, HandlerRegistry
+from zmqruntime.server.journal import ExecutionJournal
 from zmqruntime.server.scheduler import (
     Dispatch,
     ExecutionScheduler,
@@ -77,6 +82,8 @@ FINAL_LINGER_MS: Final = 1000
 RECORD_ALLOWANCE: Final = 4096
 #: A forced shutdown waits this long for executions it cannot kill (thread executors).
 FORCED_GRACE_SECONDS: Final = 10.0
+#: A loop reading a socket yields to the others after this many messages in a row.
+FAIRNESS_BATCH: Final = 64
 
 
 class ServerStartError(OSError):
@@ -109,6 +116,7 @@ class ExecutionServer:
         key: bytes | None = None,
         max_records: int = 10_000,
         clock: Callable[[], float] | None = None,
+        journal_path: str | os.PathLike[str] | None = None,
     ) -> None:
         self.handlers = HandlerRegistry(handlers)
         self.host = host
@@ -149,6 +157,8 @@ class ExecutionServer:
         self._forced = asyncio.Event()
         self._closed = asyncio.Event()
         self._closing: asyncio.Task[None] | None = None
+        self._journal_path = journal_path
+        self.journal: ExecutionJournal | None = None
 
     # -- public surface -------------------------------------------------------------------
 
@@ -173,6 +183,8 @@ class ExecutionServer:
         """Bind the three sockets, start the worker pool and the loops; returns the info."""
         if self._info is not None:
             return self._info
+        if self._journal_path is not None and self.journal is None:
+            self._open_journal(self._journal_path)
         self._context = zmq.asyncio.Context()
         try:
             control = self._bind(zmq.ROUTER, self._ports[0], "control")
@@ -181,6 +193,7 @@ class ExecutionServer:
         except ServerStartError:
             self._context.destroy(linger=0)
             self._context = None
+            self._close_journal()
             raise
         events_sync: zmq.Socket[bytes] = zmq.Socket.shadow(events.underlying)
         self._control, self._progress = control, progress
@@ -191,6 +204,7 @@ class ExecutionServer:
         except Exception as exc:
             self._context.destroy(linger=0)
             self._context = None
+            self._close_journal()
             raise ServerStartError(f"cannot start the worker pool: {exc}") from exc
         self._info = ConnectionInfo(
             control=self._endpoint(control),
@@ -255,6 +269,52 @@ class ExecutionServer:
     ) -> None:
         await self.shutdown(force=exc_type is not None)
 
+    # -- the journal ----------------------------------------------------------------------
+
+    def _open_journal(self, path: str | os.PathLike[str]) -> None:
+        """Open the SQLite journal and take back the previous run's records."""
+        try:
+            journal = ExecutionJournal(
+                path,
+                server_epoch=self.server_epoch,
+                max_records=self.scheduler.lifecycle.max_records,
+            )
+            recovered = journal.recover()
+        except (OSError, sqlite3.Error) as exc:
+            raise ServerStartError(f"cannot open the journal {path}: {exc}") from exc
+        self.scheduler.restore(recovered.records, recovered.lost_artifacts)
+        self.journal = journal
+        log.info("journal %s: %d records of earlier runs", path, len(recovered.records))
+
+    def _journal_effects(self) -> None:
+        """Commit the record changes among the scheduler's pending effects to the journal.
+
+        Called before those changes become visible (events published, the request's reply
+        sent), so whatever a client has seen survives the server being killed right after.
+        One transaction per batch of effects; progress alone costs nothing here.
+        """
+        journal = self.journal
+        if journal is None:
+            return
+        for effect in self.scheduler.pending_effects():
+            if isinstance(effect, Publish) and isinstance(effect.message, ExecutionEvent):
+                record = effect.message.record
+                journal.record(record)
+                if record.compile_only and record.status is ExecutionStatus.COMPLETE:
+                    journal.artifact(record.execution_id, self.scheduler.artifacts.ttl)
+        try:
+            journal.flush()
+        except Exception:
+            self._internal_error("writing the journal")
+
+    def _close_journal(self) -> None:
+        if self.journal is not None:
+            try:
+                self.journal.close()
+            except Exception:
+                self._internal_error("closing the journal")
+            self.journal = None
+
     # -- sockets --------------------------------------------------------------------------
 
     def _bind(self, kind: int, port: int, name: str) -> zmq.asyncio.Socket:
@@ -317,6 +377,7 @@ class ExecutionServer:
     # -- effects and dispatching ----------------------------------------------------------
 
     def _apply_effects(self) -> None:
+        self._journal_effects()
         for effect in self.scheduler.drain():
             try:
                 if isinstance(effect, Publish):
@@ -496,10 +557,12 @@ class ExecutionServer:
 
     async def _control_loop(self) -> None:
         assert self._control is not None
-        while True:
+        for received in itertools.count(1):
             # Copying small frames is cheaper than wrapping them; requests are small.
             frames = await self._control.recv_multipart()
             self._handle_request(frames)
+            if received % FAIRNESS_BATCH == 0:
+                await asyncio.sleep(0)  # a flood must not starve the other loops
 
     def _handle_request(self, frames: list[Any]) -> None:
         """Decode, answer and reply to one request, all without waiting on anything.
@@ -525,6 +588,7 @@ class ExecutionServer:
             except RequestRefused as refused:
                 details: dict[str, Any] = {} if refused.field is None else {"field": refused.field}
                 reply = ErrorReply(code=refused.code, message=refused.message, details=details)
+            self._journal_effects()  # what the reply confirms is durable before it is sent
             self._reply(identity, reply, request_id)
             if isinstance(message, Shutdown):
                 self._ensure_closing()
@@ -576,12 +640,16 @@ class ExecutionServer:
 
     async def _progress_loop(self) -> None:
         assert self._progress is not None
-        while True:
+        for received in itertools.count(1):
             frames = await self._progress.recv_multipart(copy=False)
             try:
                 self._handle_report(frames)
             except Exception:
                 self._internal_error("handling a worker report")
+            if received % FAIRNESS_BATCH == 0:
+                # A message already waiting is returned without yielding to the event loop,
+                # so a flood of reports would starve requests and heartbeats: yield now and then.
+                await asyncio.sleep(0)
 
     def _handle_report(self, frames: list[Any]) -> None:
         try:
@@ -661,6 +729,7 @@ class ExecutionServer:
         try:
             await self._close_sockets()
         finally:
+            self._close_journal()
             self._closed.set()
         log.info("execution server %s closed", self.server_epoch)
 

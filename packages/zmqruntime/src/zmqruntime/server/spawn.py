@@ -169,7 +169,7 @@ def start_server_process(
     *,
     workers: int = 2,
     connection_file: str | os.PathLike[str] | None = None,
-    host: str = "127.0.0.1",
+    host: str | None = None,
     port: int = 0,
     heartbeat_interval: float | None = None,
     timeout: float = 30.0,
@@ -178,7 +178,8 @@ def start_server_process(
 ) -> ServerProcess:
     """Start `python -m zmqruntime serve` and return once it answers a signed ping.
 
-    `handlers` is the `"package.module:ATTR"` of the handler mapping. Without
+    `handlers` is the `"package.module:ATTR"` of the handler mapping; without `host` the
+    server binds its default, 127.0.0.1. Without
     `connection_file` the file goes into a temporary directory removed by `close()`. Raises
     `ServerProcessError` (with the exit code or signal and the stderr tail) if the process
     dies or is not ready within `timeout` seconds; the process is then killed and reaped.
@@ -193,8 +194,6 @@ def start_server_process(
         "serve",
         "--handlers",
         handlers,
-        "--host",
-        host,
         "--port",
         str(port),
         "--workers",
@@ -202,6 +201,8 @@ def start_server_process(
         "--connection-file",
         str(path),
     ]
+    if host is not None:  # else the server's own default: loopback only
+        command += ["--host", host]
     if heartbeat_interval is not None:
         command += ["--heartbeat-interval", str(heartbeat_interval)]
     command += list(extra_args)

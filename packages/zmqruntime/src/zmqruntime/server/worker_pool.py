@@ -23,7 +23,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import BrokenExecutor, Executor, Future, ProcessPoolExecutor
 from typing import Any
 
@@ -64,6 +64,25 @@ def describe_exit(exitcode: int) -> str:
             name = "signal"
         return f"killed by signal {name} ({-exitcode})"
     return f"exited with code {exitcode}"
+
+
+@contextlib.contextmanager
+def _sigint_blocked() -> Iterator[None]:
+    """Block SIGINT in this thread while it may start worker processes.
+
+    A child inherits the signal mask across fork and exec, so a worker is born with SIGINT
+    blocked and a Ctrl-C sent to the whole process group (a terminal's) cannot kill it before
+    `worker_initializer` has made it ignore SIGINT. The server's own SIGINT stays pending for
+    the moment of the submit and is handled right after.
+    """
+    if not hasattr(signal, "pthread_sigmask"):  # not on Windows
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _pool_processes(executor: Executor) -> list[Any]:
@@ -153,7 +172,8 @@ class WorkerPool:
     def submit(self, job: JobSpec) -> tuple[int, Future[JobOutcome]]:
         """Start `run_job(job)` on the current executor; returns its generation and future."""
         generation = self._current
-        future: Future[JobOutcome] = generation.executor.submit(run_job, job)
+        with _sigint_blocked():  # a process pool may start a worker inside submit()
+            future: Future[JobOutcome] = generation.executor.submit(run_job, job)
 
         def on_done(done: Future[JobOutcome]) -> None:
             if not done.cancelled() and isinstance(done.exception(), BrokenExecutor):
