@@ -75,6 +75,9 @@ log = logging.getLogger(__name__)
 _ORPHAN_LIMIT = 10_000
 
 
+#: How many gracefully cancelled executions a later force stop can still reach.
+_STOPPED_SOFTLY_KEPT = 4096
+
 class _Settled(Exception):
     """Internal: the plate already has its outcome, so this step of it does not run."""
 
@@ -209,6 +212,9 @@ class BatchWorkflowService:
         self._queue_poller: IntervalSnapshotPoller[dict[str, int]] | None = None
         self._queue_driver: AsyncioPollerDriver | None = None
         self._background: set[asyncio.Task[Any]] = set()
+        # Executions a graceful stop cancelled: their handlers may still hold workers after the
+        # batch ended, so the next stop forces them (the Stop button's second click).
+        self._stopped_softly: OrderedDict[str, None] = OrderedDict()
         self._orphans: OrderedDict[str, list[BackendEvent]] = OrderedDict()
         self._orphan_count = 0
         self._submitting = 0
@@ -249,7 +255,9 @@ class BatchWorkflowService:
         The first call cancels gracefully: plates not yet on the server end `cancelled` at
         once, executions on the server are asked to cancel and their plates end with what the
         server reports (`cancelled`, or `completed` if they finished first). A second call, or
-        `force=True`, cancels them hard. Returns once the cancel requests were answered.
+        `force=True`, cancels them hard, also when the batch already ended (a handler that
+        ignores cancellation keeps its worker until forced). Returns once the cancel requests
+        were answered.
         """
         self._enter()
         cancels: list[tuple[str, bool]] = []
@@ -262,6 +270,15 @@ class BatchWorkflowService:
                 if plate_id not in batch.inflight:
                     self._settle(batch, plate_id, PlateState.CANCELLED, reason="stopped")
             cancels.extend((eid, level == 2) for eid in batch.inflight.values())
+        if force or not self._batches:
+            listed = {eid for eid, _ in cancels}
+            cancels.extend((eid, True) for eid in self._stopped_softly if eid not in listed)
+            self._stopped_softly.clear()
+        for eid, hard in cancels:
+            if not hard:
+                self._stopped_softly[eid] = None
+        while len(self._stopped_softly) > _STOPPED_SOFTLY_KEPT:
+            self._stopped_softly.popitem(last=False)
         if not cancels and not self._batches:
             return
         self._publish_activity()
