@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
+
+
+def _finite(value: float | None) -> float | None:
+    """`value` if it is a finite number, else None (JSON has no inf/nan)."""
+    if value is None or not math.isfinite(value):
+        return None
+    return value
 
 
 @dataclass(frozen=True)
 class Measurement:
     """One row of a scenario table: our figure against named baselines from the same run.
 
-    `ratios` always holds ours / baseline; `lower_is_better` says how to read it
+    `baselines` maps a name (a peer, the physical limit, the design we replace) to its figure
+    in the same unit, or to None when it could not be measured in this run (`notes` says
+    why). `ratios` always holds ours / baseline; `lower_is_better` says how to read it
     (times: below 1 is better; throughputs: above 1 is better).
     """
 
@@ -21,20 +31,36 @@ class Measurement:
     name: str
     unit: str
     ours: float
-    baselines: dict[str, float] = field(default_factory=dict)
+    baselines: dict[str, float | None] = field(default_factory=dict)
     lower_is_better: bool = True
     goal: str = ""
     goal_met: bool | None = None
     notes: str = ""
 
     @property
-    def ratios(self) -> dict[str, float]:
-        return {k: (self.ours / v if v else float("inf")) for k, v in self.baselines.items()}
+    def ratios(self) -> dict[str, float | None]:
+        """ours / baseline per baseline; None where the baseline is missing or zero."""
+        return {
+            k: (_finite(self.ours / v) if v else None) if v is not None else None
+            for k, v in self.baselines.items()
+        }
 
     def to_json(self) -> dict[str, Any]:
+        """The row as JSON-safe values (inf/nan become null), with its ratios."""
         data = asdict(self)
+        data["ours"] = _finite(self.ours)
+        data["baselines"] = {k: _finite(v) for k, v in self.baselines.items()}
         data["ratios"] = self.ratios
         return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Measurement:
+        """A row read back from `to_json` output (extra keys such as `ratios` ignored)."""
+        names = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in names}
+        if values.get("ours") is None:
+            values["ours"] = float("nan")
+        return cls(**values)
 
 
 def time_per_call(fn: Callable[[], object], *, min_time: float = 0.2, repeat: int = 5) -> float:

@@ -1,0 +1,286 @@
+"""Batch throughput: 2,000 jobs that do nothing, submitted all, then waited all, 2 workers.
+
+- Ours: a real server process (`start_server_process`, 2 worker processes) running the
+  sample `echo` handler with empty params, driven by `ExecutionClient` in this process. Two
+  ways a program waits: the `BatchSubmitWaitEngine` (submit each, then `ExecutionClient.wait`
+  on every execution concurrently: event-woken, poll-confirmed — what the workflow service
+  does), and submit each, then wait for every execution's terminal event on the stream.
+- The limit: `concurrent.futures.ProcessPoolExecutor(2)` used directly (no server, no
+  network, pickled calls).
+- Peers: Dask distributed `LocalCluster(n_workers=2, threads_per_worker=1, processes=True)`
+  with `Client.submit` then `distributed.wait`; ipyparallel `Cluster(n=2)` with a
+  load-balanced view's `apply_async` then `wait`. Peers run the builtin `abs` (a job that
+  does nothing and that every worker can import).
+
+Every runtime is started, warmed up (workers running), timed over the batch (best of the
+rounds), and shut down before the next one starts, so they never share the cores. Goal:
+ahead of Dask and ipyparallel, and at least 0.3× the raw pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import functools
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from bench.harness import Measurement
+from bench.profiling import SpyProfile
+from zmqruntime.client import ExecutionClient
+from zmqruntime.connection import ConnectionInfo
+from zmqruntime.engines import BatchSubmitWaitEngine, CallbackBatchSubmitWaitPolicy
+from zmqruntime.messages import ExecutionEvent
+from zmqruntime.server import ServerProcess, start_server_process
+from zmqruntime.testing import SAMPLE_HANDLERS
+
+SCENARIO = "batch throughput"
+_POOL_SHARE_GOAL = 0.3
+_WORKERS = 2
+_WARM_UP = 16
+
+POOL = "ProcessPoolExecutor(2), the limit"
+DASK = "Dask LocalCluster, 2 worker processes"
+IPP = "ipyparallel, 2 engines"
+
+#: A timed batch: jobs -> seconds.
+Batch = Callable[[int], float]
+
+
+def _best_rate(batch: Batch, jobs: int, rounds: int) -> float:
+    """Jobs per second of the fastest round (other processes only ever add time)."""
+    return max(jobs / batch(jobs) for _ in range(rounds))
+
+
+# -- the limit and the peers ----------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _pool() -> Iterator[Batch]:
+    with concurrent.futures.ProcessPoolExecutor(_WORKERS) as pool:
+        list(pool.map(abs, range(-_WARM_UP, 0)))
+
+        def batch(jobs: int) -> float:
+            start = time.perf_counter()
+            futures = [pool.submit(abs, i) for i in range(jobs)]
+            concurrent.futures.wait(futures)
+            return time.perf_counter() - start
+
+        yield batch
+
+
+@contextlib.contextmanager
+def _dask() -> Iterator[Batch]:
+    import distributed
+
+    with (
+        distributed.LocalCluster(  # type: ignore[no-untyped-call]
+            n_workers=_WORKERS,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            silence_logs=logging.ERROR,
+        ) as cluster,
+        distributed.Client(cluster) as client,  # type: ignore[no-untyped-call]
+    ):
+        client.wait_for_workers(_WORKERS)
+        client.gather(client.map(abs, range(-_WARM_UP, 0), pure=False))
+
+        def batch(jobs: int) -> float:
+            start = time.perf_counter()
+            futures = [client.submit(abs, i, pure=False) for i in range(jobs)]
+            distributed.wait(futures)  # type: ignore[no-untyped-call]
+            elapsed = time.perf_counter() - start
+            client.cancel(futures)
+            return elapsed
+
+        yield batch
+
+
+@contextlib.contextmanager
+def _ipyparallel() -> Iterator[Batch]:
+    import ipyparallel as ipp
+
+    with tempfile.TemporaryDirectory(prefix="bench-ipp-") as profile_dir:
+        cluster = ipp.Cluster(n=_WORKERS, profile_dir=profile_dir, log_level=logging.ERROR)
+        rc = cluster.start_and_connect_sync()
+        try:
+            rc.wait_for_engines(_WORKERS, timeout=60)
+            view = rc.load_balanced_view()
+            view.map_sync(abs, range(-_WARM_UP, 0))
+
+            def batch(jobs: int) -> float:
+                start = time.perf_counter()
+                results = [view.apply_async(abs, i) for i in range(jobs)]
+                rc.wait(results)
+                return time.perf_counter() - start
+
+            yield batch
+        finally:
+            rc.close()
+            cluster.stop_cluster_sync()
+
+
+# -- ours -----------------------------------------------------------------------------------
+
+
+async def _engine_batch(info: ConnectionInfo, jobs: int) -> float:
+    """Submit each, then `ExecutionClient.wait` on all concurrently (the engine)."""
+    async with ExecutionClient(info) as client:
+        await client.ping()
+
+        async def submit(_: int) -> str:
+            return (await client.submit("echo", {})).execution_id
+
+        async def wait(execution_id: str, _: int) -> None:
+            outcome = await client.wait(execution_id)
+            if not outcome.ok:
+                raise RuntimeError(f"{execution_id}: {outcome.reason}")
+
+        policy: CallbackBatchSubmitWaitPolicy[int] = CallbackBatchSubmitWaitPolicy(
+            submit_fn=submit, wait_fn=wait, job_key_fn=str
+        )
+        start = time.perf_counter()
+        result = await BatchSubmitWaitEngine().run(range(jobs), policy)
+        elapsed = time.perf_counter() - start
+    failed = [o for o in result.outcomes if not o.ok]
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {jobs} jobs did not complete: {failed[0]}")
+    return elapsed
+
+
+async def _events_batch(info: ConnectionInfo, jobs: int) -> float:
+    """Submit each, then wait for every execution's terminal event on the stream."""
+    async with ExecutionClient(info) as client:
+        ended: set[str] = set()
+        submitted: set[str] = set()
+        all_ended = asyncio.Event()
+        subscribed = asyncio.Event()
+
+        async def follow() -> None:
+            async for event in client.events():
+                subscribed.set()
+                if isinstance(event, ExecutionEvent) and event.record.status.is_terminal:
+                    ended.add(event.record.execution_id)
+                    if len(submitted) == jobs and submitted <= ended:
+                        all_ended.set()
+
+        following = asyncio.create_task(follow())
+        await subscribed.wait()  # a heartbeat came through: no terminal event is missed
+        start = time.perf_counter()
+        for _ in range(jobs):
+            submitted.add((await client.submit("echo", {})).execution_id)
+        if submitted <= ended:
+            all_ended.set()
+        await all_ended.wait()
+        elapsed = time.perf_counter() - start
+        following.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await following
+    return elapsed
+
+
+@contextlib.contextmanager
+def _ours(kind: Callable[[ConnectionInfo, int], Any]) -> Iterator[tuple[Batch, ServerProcess]]:
+    with start_server_process(SAMPLE_HANDLERS, workers=_WORKERS) as server:
+        asyncio.run(kind(server.info, _WARM_UP))
+
+        def batch(jobs: int) -> float:
+            return float(asyncio.run(kind(server.info, jobs)))
+
+        yield batch, server
+
+
+# -- the scenario ---------------------------------------------------------------------------
+
+
+def _measure(
+    name: str, runtime: Callable[[], contextlib.AbstractContextManager[Any]], jobs: int, rounds: int
+) -> tuple[float | None, float | None, str]:
+    """(jobs/s, start-up seconds, problem) for one runtime; a runtime that cannot start or
+    run here gets no figure and the reason."""
+    try:
+        start = time.perf_counter()
+        with runtime() as handle:
+            startup = time.perf_counter() - start
+            batch = handle[0] if isinstance(handle, tuple) else handle
+            return _best_rate(batch, jobs, rounds), startup, ""
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        return None, None, f"{name}: no figure ({type(exc).__name__}: {reason})"
+
+
+def _profile_engine(jobs: int, seconds: float) -> str:
+    """Run engine batches under py-spy (server and this process) for about `seconds`."""
+    with (
+        _ours(_engine_batch) as (batch, server),
+        SpyProfile({"server": server.pid, "client": os.getpid()}) as spy,
+    ):
+        deadline = time.perf_counter() + seconds
+        while time.perf_counter() < deadline:
+            batch(jobs)
+    return spy.summary()
+
+
+def run(quick: bool) -> list[Measurement]:
+    jobs, rounds = (300, 1) if quick else (2_000, 3)
+    baselines: dict[str, float | None] = {}
+    startups: dict[str, float | None] = {}
+    problems: list[str] = []
+    for name, runtime in ((POOL, _pool), (DASK, _dask), (IPP, _ipyparallel)):
+        rate, startup, problem = _measure(name, runtime, jobs, rounds)
+        baselines[name], startups[name] = rate, startup
+        if problem:
+            problems.append(problem)
+    ours = {
+        "ours: BatchSubmitWaitEngine + ExecutionClient.wait": _engine_batch,
+        "ours: submit all, then terminal events": _events_batch,
+    }
+    rows = []
+    our_startup: float | None = None
+    for label, kind in ours.items():
+        rate, startup, problem = _measure(label, functools.partial(_ours, kind), jobs, rounds)
+        if rate is None:
+            raise RuntimeError(problem)
+        our_startup = our_startup or startup
+        pool = baselines[POOL] or float("inf")
+        peers = [v for k, v in baselines.items() if k != POOL and v is not None]
+        missed = []
+        if rate < _POOL_SHARE_GOAL * pool:
+            missed.append(f"{rate / pool:.2f}x the pool, goal {_POOL_SHARE_GOAL:g}x")
+        missed += [f"behind {k}" for k, v in baselines.items() if k != POOL and v and rate < v]
+        notes = [f"{jobs} jobs, best of {rounds} round(s)", *problems]
+        if missed:
+            notes.append("goal missed: " + "; ".join(missed))
+            if label.endswith(".wait"):
+                notes.append(_profile_engine(jobs, 3.0 if quick else 6.0))
+        rows.append(
+            Measurement(
+                scenario=SCENARIO,
+                name=f"{label} ({jobs} no-op jobs)",
+                unit="jobs/s",
+                ours=rate,
+                baselines=dict(baselines),
+                lower_is_better=False,
+                goal=f">= Dask and ipyparallel, >= {_POOL_SHARE_GOAL:g}x the pool",
+                goal_met=not missed and len(peers) == 2,
+                notes=". ".join(notes),
+            )
+        )
+    rows.append(
+        Measurement(
+            scenario=SCENARIO,
+            name="start-up until the first job can run",
+            unit="s",
+            ours=our_startup or float("nan"),
+            baselines={k: v for k, v in startups.items()},
+            lower_is_better=True,
+            notes="server process + 2 workers + warm-up batch; each peer likewise",
+        )
+    )
+    return rows
