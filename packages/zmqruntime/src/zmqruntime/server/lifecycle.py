@@ -75,6 +75,11 @@ class Lifecycle:
                 return position
         return None
 
+    @property
+    def queue_length(self) -> int:
+        """How many executions wait; a record just submitted is at this (1-based) position."""
+        return len(self._queue)
+
     def next_queued(self) -> str | None:
         """The id at the head of the queue, without removing it."""
         return next(iter(self._queue), None)

@@ -248,7 +248,8 @@ class ExecutionScheduler:
         self.counters.submitted += 1
         self._publish_record(record)
         self._forget_evicted()
-        position = self.lifecycle.queue_position(execution_id) or 0
+        # Just submitted, so last in the queue (a scan would make batch submission O(n^2)).
+        position = self.lifecycle.queue_length
         return SubmitReply(execution_id=execution_id, status=record.status, queue_position=position)
 
     def _known(self, execution_id: str) -> ExecutionRecord:
