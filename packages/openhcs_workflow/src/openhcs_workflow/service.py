@@ -78,6 +78,7 @@ _ORPHAN_LIMIT = 10_000
 #: How many gracefully cancelled executions a later force stop can still reach.
 _STOPPED_SOFTLY_KEPT = 4096
 
+
 class _Settled(Exception):
     """Internal: the plate already has its outcome, so this step of it does not run."""
 
