@@ -26,6 +26,7 @@ from zmqruntime.codec import (
     WireError,
 )
 from zmqruntime.connection import ConnectionInfo
+from zmqruntime.curve import CurveConfig, CurveKeyPair
 from zmqruntime.engines import (
     BatchAborted,
     BatchPhase,
@@ -108,6 +109,8 @@ __all__ = [
     "ClientClosed",
     "ClientEvent",
     "ConnectionInfo",
+    "CurveConfig",
+    "CurveKeyPair",
     "Envelope",
     "ErrorCode",
     "ErrorInfo",

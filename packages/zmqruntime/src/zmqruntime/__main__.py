@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from zmqruntime.connection import ConnectionInfo
+from zmqruntime.curve import CurveConfig
 from zmqruntime.server.handlers import HandlerRegistry, HandlerSpecError
 from zmqruntime.server.server import ExecutionServer, ServerStartError
 from zmqruntime.signing import new_key
@@ -148,6 +149,27 @@ def _parser() -> argparse.ArgumentParser:
         "previous run answer `failed` (server_restarted) or keep their results",
     )
     serve.add_argument(
+        "--curve-keys",
+        type=Path,
+        default=None,
+        metavar="SECRET_CERT",
+        help="encrypt and authenticate with CurveZMQ using this server certificate "
+        "(NAME.key_secret from zmq.auth.create_certificates); needs --curve-authorized",
+    )
+    serve.add_argument(
+        "--curve-authorized",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="directory of the public certificates (*.key) of the clients to admit",
+    )
+    serve.add_argument(
+        "--dask-scheduler",
+        default=None,
+        metavar="ADDRESS",
+        help="run handlers on this Dask cluster (needs the `dask` extra), e.g. tcp://host:8786",
+    )
+    serve.add_argument(
         "--log-level",
         default="WARNING",
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -165,6 +187,32 @@ async def _serve(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as exc:
             print(f"zmqruntime serve: error: --key-file {args.key_file}: {exc}", file=sys.stderr)
             return 2
+    curve = None
+    if args.curve_keys is not None or args.curve_authorized is not None:
+        if args.curve_keys is None or args.curve_authorized is None:
+            print(
+                "zmqruntime serve: error: --curve-keys and --curve-authorized go together",
+                file=sys.stderr,
+            )
+            return 2
+        try:
+            curve = CurveConfig.from_files(args.curve_keys, args.curve_authorized)
+        except (OSError, ValueError) as exc:
+            print(
+                f"zmqruntime serve: error: --curve-keys/--curve-authorized: {exc}", file=sys.stderr
+            )
+            return 2
+    executor_factory = None
+    if args.dask_scheduler is not None:
+        try:
+            from zmqruntime.server.dask_executor import dask_executor_factory
+        except ImportError as exc:
+            print(
+                f"zmqruntime serve: error: --dask-scheduler needs `distributed`: {exc}",
+                file=sys.stderr,
+            )
+            return 2
+        executor_factory = dask_executor_factory(args.dask_scheduler)
     server = ExecutionServer(
         args.handlers,
         host=args.host,
@@ -177,6 +225,8 @@ async def _serve(args: argparse.Namespace) -> int:
         max_message_size=args.max_message_size,
         key=key,
         journal_path=args.journal,
+        curve=curve,
+        executor_factory=executor_factory,
     )
     try:
         info = await server.start()

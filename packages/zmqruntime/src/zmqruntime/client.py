@@ -27,6 +27,7 @@ from zmq.utils.monitor import parse_monitor_message
 
 from zmqruntime.codec import Envelope, WireCodec, WireError
 from zmqruntime.connection import ConnectionInfo
+from zmqruntime.curve import CurveKeyPair, apply_curve_client
 from zmqruntime.engines import (
     CallbackExecutionStatusPollPolicy,
     ExecutionSignals,
@@ -120,13 +121,35 @@ class _Subscription:
                 self.overflowed.add(execution_id)
 
 
+def _client_curve(
+    info: ConnectionInfo, keypair: CurveKeyPair | tuple[bytes, bytes] | None
+) -> CurveKeyPair | None:
+    """The key pair to connect with: the given one when the server uses CURVE (a fresh one if
+    none was given, which only a server admitting any client accepts), else None."""
+    if info.curve_server_public is None:
+        if keypair is not None:
+            raise ValueError(
+                "curve_keypair was given but the connection info has no curve_server_public: "
+                "that server does not use CurveZMQ"
+            )
+        return None
+    if keypair is None:
+        return CurveKeyPair.new()
+    if isinstance(keypair, CurveKeyPair):
+        return keypair
+    public, secret = keypair
+    return CurveKeyPair(public=public, secret=secret)
+
+
 class ExecutionClient:
     """Async client of one execution server.
 
     Use `await ExecutionClient.connect(path_or_info)` or `async with ExecutionClient(info)`.
     Every request has a deadline (`request_timeout`, overridable per call); a request fails
     with `ServerUnavailable` when no server is connected or the connection drops, and with
-    `ServerError` when the server refuses it.
+    `ServerError` when the server refuses it. For a server using CurveZMQ (its connection info
+    has `curve_server_public`), pass `curve_keypair` (a `CurveKeyPair` or `(public, secret)`
+    Z85 bytes) with a key on the server's allow-list.
     """
 
     def __init__(
@@ -137,9 +160,11 @@ class ExecutionClient:
         connect_timeout: float = 2.0,
         subscribe_events: bool = True,
         event_buffer: int = 10_000,
+        curve_keypair: CurveKeyPair | tuple[bytes, bytes] | None = None,
     ) -> None:
         if request_timeout <= 0 or connect_timeout <= 0:
             raise ValueError("request_timeout and connect_timeout must be positive")
+        self._curve = _client_curve(info, curve_keypair)
         self.info = info
         self.request_timeout = request_timeout
         self.connect_timeout = connect_timeout
@@ -184,6 +209,7 @@ class ExecutionClient:
         control = self._ctx.socket(zmq.DEALER)
         control.setsockopt(zmq.LINGER, 0)
         control.setsockopt(zmq.IMMEDIATE, 1)
+        self._apply_curve(control)
         self._monitor = control.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         control.connect(self.info.control)
         self._control = control
@@ -194,9 +220,15 @@ class ExecutionClient:
             events.setsockopt(zmq.LINGER, 0)
             events.setsockopt(zmq.RCVHWM, 100_000)
             events.setsockopt(zmq.SUBSCRIBE, b"")
+            self._apply_curve(events)
             events.connect(self.info.events)
             self._events = events
             self._tasks.append(asyncio.create_task(self._read_events(), name="zmqruntime-events"))
+
+    def _apply_curve(self, sock: zmq.asyncio.Socket) -> None:
+        if self._curve is not None:
+            assert self.info.curve_server_public is not None
+            apply_curve_client(sock, self.info.curve_server_public.encode(), self._curve)
 
     async def close(self) -> None:
         """Cancel the reader tasks, fail pending requests and close every socket."""

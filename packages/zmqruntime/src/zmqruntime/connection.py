@@ -30,11 +30,14 @@ from zmqruntime.schema import (
 __all__ = ["ConnectionInfo"]
 
 _ENDPOINT = Pattern(r"(tcp|ipc|inproc|ws|wss)://\S+")
+#: A CURVE public key as Z85 text (docs/protocol.md §9).
+_Z85_KEY = Pattern(r"[0-9a-zA-Z.\-:+=^!/*?&<>()\[\]{}@%$#]{40}")
 
 
 @attrs.frozen(kw_only=True)
 class ConnectionInfo(WireModel):
-    """Endpoints of a server's three channels, its signing key, epoch and pid.
+    """Endpoints of a server's three channels, its signing key, epoch and pid, and its CURVE
+    public key when it encrypts (`curve_server_public`, left out of the file otherwise).
 
     `to_json()`/`from_json()` give the file's JSON (the key as lowercase hex); `from_json`
     is strict like every schema here and refuses another major protocol version.
@@ -50,6 +53,8 @@ class ConnectionInfo(WireModel):
     pid: NonNegativeInt
     protocol: str = PROTOCOL_VERSION
     signature_scheme: Literal["hmac-sha256"] = "hmac-sha256"
+    #: The server's CURVE public key (Z85) when its sockets use CurveZMQ; absent otherwise.
+    curve_server_public: Annotated[str, _Z85_KEY] | None = None
 
     def _check(self) -> None:
         problem = protocol_problem(self.protocol)
@@ -62,8 +67,12 @@ class ConnectionInfo(WireModel):
         return cls.from_wire(data)
 
     def to_json(self) -> dict[str, Any]:
-        """The connection file's JSON object."""
-        return self.to_wire()
+        """The connection file's JSON object (without `curve_server_public` when it is None,
+        so a plain server's file is exactly what readers without Curve support expect)."""
+        data = self.to_wire()
+        if data.get("curve_server_public") is None:
+            data.pop("curve_server_public", None)
+        return data
 
     @classmethod
     def read(cls, path: str | os.PathLike[str]) -> ConnectionInfo:

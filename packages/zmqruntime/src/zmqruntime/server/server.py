@@ -31,6 +31,13 @@ import zmq.asyncio
 
 from zmqruntime.codec import PROTOCOL_VERSION, TooLarge, WireCodec, WireError
 from zmqruntime.connection import ConnectionInfo
+from zmqruntime.curve import (
+    CurveAuthenticator,
+    CurveConfig,
+    CurveKeyPair,
+    apply_curve_server,
+    start_authenticator,
+)
 from zmqruntime.execution_status import ExecutionStatus
 from zmqruntime.messages import (
     Cancel,
@@ -60,7 +67,13 @@ from zmqruntime.server.scheduler import (
     RequestRefused,
 )
 from zmqruntime.server.worker_pool import ExecutorFactory, WorkerPool, default_executor_factory
-from zmqruntime.server.worker_runtime import JobOutcome, JobSpec, failed_outcome, result_size
+from zmqruntime.server.worker_runtime import (
+    JobOutcome,
+    JobSpec,
+    WorkerCurve,
+    failed_outcome,
+    result_size,
+)
 from zmqruntime.server.worker_stats import WorkerStats
 from zmqruntime.signing import new_key
 
@@ -97,7 +110,9 @@ class ExecutionServer:
     `JobContext`, or is a `"package.module:ATTR"` string naming such a mapping. Ports of 0
     are chosen by the OS. `executor_factory(workers)` builds the executor (default: a spawned
     process pool); it is called again to replace a pool that broke. `clock` (monotonic
-    seconds) drives artifact expiry and uptime, and can be replaced in tests.
+    seconds) drives artifact expiry and uptime, and can be replaced in tests. With `curve`,
+    every socket is a CurveZMQ server admitting the configured clients and the server's own
+    workers (docs/scale-out.md).
     """
 
     def __init__(
@@ -117,6 +132,7 @@ class ExecutionServer:
         max_records: int = 10_000,
         clock: Callable[[], float] | None = None,
         journal_path: str | os.PathLike[str] | None = None,
+        curve: CurveConfig | None = None,
     ) -> None:
         self.handlers = HandlerRegistry(handlers)
         self.host = host
@@ -159,6 +175,10 @@ class ExecutionServer:
         self._closing: asyncio.Task[None] | None = None
         self._journal_path = journal_path
         self.journal: ExecutionJournal | None = None
+        self.curve = curve
+        #: The key pair the server's workers connect with (admitted automatically).
+        self._worker_keys = CurveKeyPair.new() if curve is not None else None
+        self._authenticator: CurveAuthenticator | None = None
 
     # -- public surface -------------------------------------------------------------------
 
@@ -175,6 +195,11 @@ class ExecutionServer:
         return self.scheduler.counters
 
     @property
+    def curve_refusals(self) -> int:
+        """CurveZMQ handshakes refused because the client key is not on the allow-list."""
+        return 0 if self._authenticator is None else self._authenticator.denied
+
+    @property
     def closed(self) -> bool:
         """True once the server has shut down and closed its sockets."""
         return self._closed.is_set()
@@ -186,13 +211,17 @@ class ExecutionServer:
         if self._journal_path is not None and self.journal is None:
             self._open_journal(self._journal_path)
         self._context = zmq.asyncio.Context()
+        if self.curve is not None:
+            assert self._worker_keys is not None
+            self._authenticator = start_authenticator(
+                self._context, self.curve, [self._worker_keys.public]
+            )
         try:
             control = self._bind(zmq.ROUTER, self._ports[0], "control")
             events = self._bind(zmq.PUB, self._ports[1], "events")
             progress = self._bind(zmq.PULL, self._ports[2], "progress")
         except ServerStartError:
-            self._context.destroy(linger=0)
-            self._context = None
+            self._destroy_context()
             self._close_journal()
             raise
         events_sync: zmq.Socket[bytes] = zmq.Socket.shadow(events.underlying)
@@ -202,8 +231,7 @@ class ExecutionServer:
         try:
             self._pool = WorkerPool(self._executor_factory, self.workers)
         except Exception as exc:
-            self._context.destroy(linger=0)
-            self._context = None
+            self._destroy_context()
             self._close_journal()
             raise ServerStartError(f"cannot start the worker pool: {exc}") from exc
         self._info = ConnectionInfo(
@@ -214,6 +242,7 @@ class ExecutionServer:
             server_epoch=self.server_epoch,
             pid=os.getpid(),
             protocol=PROTOCOL_VERSION,
+            curve_server_public=None if self.curve is None else self.curve.server.public.decode(),
         )
         self._loops = [
             asyncio.create_task(self._control_loop(), name="zmqruntime-server-control"),
@@ -317,11 +346,32 @@ class ExecutionServer:
 
     # -- sockets --------------------------------------------------------------------------
 
+    def _destroy_context(self) -> None:
+        """End the authenticator and the context of a start that failed."""
+        if self._authenticator is not None:
+            self._authenticator.stop()
+            self._authenticator = None
+        if self._context is not None:
+            self._context.destroy(linger=0)
+            self._context = None
+
+    def _worker_curve(self) -> WorkerCurve | None:
+        """The CURVE keys workers connect with, as plain text for the job spec."""
+        if self.curve is None or self._worker_keys is None:
+            return None
+        return {
+            "server_public": self.curve.server.public.decode(),
+            "public": self._worker_keys.public.decode(),
+            "secret": self._worker_keys.secret.decode(),
+        }
+
     def _bind(self, kind: int, port: int, name: str) -> zmq.asyncio.Socket:
         assert self._context is not None
         sock = self._context.socket(kind)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, self.max_message_size)
+        if self.curve is not None:
+            apply_curve_server(sock, self.curve.server)
         if kind == zmq.PUB:
             sock.setsockopt(zmq.SNDHWM, EVENTS_SNDHWM)
         elif kind == zmq.PULL:
@@ -407,6 +457,7 @@ class ExecutionServer:
                 "progress_endpoint": self._info.progress,
                 "events_endpoint": self._info.events,
                 "key": self._key.hex(),
+                "curve": self._worker_curve(),
             }
             try:
                 generation, future = pool.submit(job)
@@ -753,6 +804,9 @@ class ExecutionServer:
         ):
             if sock is not None:
                 sock.close(linger=linger)
+        if self._authenticator is not None:
+            self._authenticator.stop()
+            self._authenticator = None
         if self._context is not None:
             await asyncio.to_thread(self._context.term)
         self._control = self._progress = self._events = self._events_async = None

@@ -2,9 +2,9 @@
 
 `run_job` is the function every executor runs. Its only argument is a `JobSpec` of plain values
 (ids, the handler's importable reference, JSON params, the compile artifact's JSON value,
-endpoint strings and the hex key), and it returns a `JobOutcome` of plain values; so any
-`concurrent.futures.Executor` can carry it, and nothing about the server (no socket, no lock,
-no event loop) is inherited by a worker.
+endpoint strings, the hex key and, with CurveZMQ, the Z85 keys the worker connects with), and
+it returns a `JobOutcome` of plain values; so any `concurrent.futures.Executor` can carry it,
+and nothing about the server (no socket, no lock, no event loop) is inherited by a worker.
 
 Each worker thread keeps, per server, one PUSH socket to the progress channel and one SUB socket
 on the `__cancel__` topic of the events channel; both are created at the first job and reused.
@@ -27,6 +27,7 @@ import zmq
 
 from zmqruntime.arrays import extract_arrays
 from zmqruntime.codec import WireCodec, WireError
+from zmqruntime.curve import CurveKeyPair, apply_curve_client
 from zmqruntime.json_types import check_json_value
 from zmqruntime.messages import CancelNotice, ErrorCode, ErrorInfo, WorkerStarted
 from zmqruntime.progress import ProgressUpdate
@@ -39,6 +40,7 @@ __all__ = [
     "JobOutcome",
     "JobSpec",
     "WorkerChannels",
+    "WorkerCurve",
     "failed_outcome",
     "result_size",
     "run_job",
@@ -55,6 +57,15 @@ _SEND_WAIT_MS = 1000
 _REMEMBERED_CANCELS = 4096
 
 
+class WorkerCurve(TypedDict):
+    """CURVE keys (Z85 text) a worker connects with: the server's public key and the worker
+    key pair the server admits."""
+
+    server_public: str
+    public: str
+    secret: str
+
+
 class JobSpec(TypedDict):
     """Everything a worker needs to run one execution; plain values only."""
 
@@ -68,6 +79,7 @@ class JobSpec(TypedDict):
     progress_endpoint: str
     events_endpoint: str
     key: str
+    curve: WorkerCurve | None
 
 
 class JobOutcome(TypedDict):
@@ -83,16 +95,26 @@ class JobOutcome(TypedDict):
 class WorkerChannels:
     """One worker thread's sockets to one server: progress out, cancellation notices in."""
 
-    def __init__(self, progress_endpoint: str, events_endpoint: str, key: bytes) -> None:
+    def __init__(
+        self,
+        progress_endpoint: str,
+        events_endpoint: str,
+        key: bytes,
+        curve: WorkerCurve | None = None,
+    ) -> None:
         self._context = zmq.Context()
         self._codec = WireCodec(key)
         self._push = self._context.socket(zmq.PUSH)
         self._push.setsockopt(zmq.LINGER, 1000)
         self._push.setsockopt(zmq.SNDHWM, 10_000)
-        self._push.connect(progress_endpoint)
         self._sub = self._context.socket(zmq.SUB)
         self._sub.setsockopt(zmq.LINGER, 0)
         self._sub.setsockopt(zmq.SUBSCRIBE, CANCEL_TOPIC.encode())
+        if curve is not None:
+            pair = CurveKeyPair(public=curve["public"].encode(), secret=curve["secret"].encode())
+            for sock in (self._push, self._sub):
+                apply_curve_client(sock, curve["server_public"].encode(), pair)
+        self._push.connect(progress_endpoint)
         self._sub.connect(events_endpoint)
         self._cancelled: OrderedDict[str, None] = OrderedDict()
         self._congested = False
@@ -148,14 +170,22 @@ _local = threading.local()
 
 def _channels_for(job: JobSpec) -> WorkerChannels:
     """This thread's channels to the job's server, created at first use and then reused."""
-    key = (job["progress_endpoint"], job["events_endpoint"], job["key"])
-    cache: dict[tuple[str, str, str], WorkerChannels] | None = getattr(_local, "channels", None)
+    curve = job["curve"]
+    key = (
+        job["progress_endpoint"],
+        job["events_endpoint"],
+        job["key"],
+        None if curve is None else curve["public"],
+    )
+    cache: dict[tuple[str, str, str, str | None], WorkerChannels] | None = getattr(
+        _local, "channels", None
+    )
     if cache is None:
         cache = _local.channels = {}
     channels = cache.get(key)
     if channels is None:
         channels = cache[key] = WorkerChannels(
-            job["progress_endpoint"], job["events_endpoint"], bytes.fromhex(job["key"])
+            job["progress_endpoint"], job["events_endpoint"], bytes.fromhex(job["key"]), curve
         )
     return channels
 
