@@ -116,10 +116,13 @@ def faults(session: nox.Session) -> None:
     server, the loopback/no-pickle checks, CurveZMQ and the Dask executor."""
     _install_with_extras(session, {name: "test" for name in PACKAGES} | {"zmqruntime": "test,dask"})
     patterns = ("fault_*", "hostile_*", "safety", "curve", "dask")
-    tests = session.posargs or sorted(
-        path
-        for pattern in patterns
-        for path in glob.glob(f"packages/zmqruntime/tests/test_zr_{pattern}.py")
-    )
+    tests = session.posargs or [
+        *sorted(
+            path
+            for pattern in patterns
+            for path in glob.glob(f"packages/zmqruntime/tests/test_zr_{pattern}.py")
+        ),
+        "packages/openhcs_workflow/tests/test_wf_dask.py",  # a plate batch on Dask
+    ]
     env = {"PYTHONFAULTHANDLER": "1", "ZMQRUNTIME_FAULTS": "1"}
     session.run("pytest", *tests, env=env)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -28,7 +28,7 @@ from openhcs_workflow import (
     ZmqWorkflowBackend,
 )
 from openhcs_workflow.pipeline import default_pipeline, generate_plates
-from openhcs_workflow.testing import RecordingHost
+from openhcs_workflow.testing import RecordingHost, executing_count, until
 from reactive_services import AsyncioDispatcher
 from zmqruntime.client import ExecutionClient
 from zmqruntime.engines import PollOutcomeKind
@@ -70,20 +70,6 @@ async def workflow(
     finally:
         await service.shutdown()
         await backend.aclose()
-
-
-async def until(client: ExecutionClient, check: Callable[[], Awaitable[bool] | bool]) -> None:
-    """Re-check a condition on every server event (heartbeats included) until it holds."""
-    async for _ in client.events():
-        verdict = check()
-        if verdict if isinstance(verdict, bool) else await verdict:
-            return
-
-
-def executing(host: RecordingHost) -> int:
-    """How many plates the host was told are executing."""
-    states = [c.args[1] for c in host.named("emit_orchestrator_state")]
-    return states.count(PlateState.EXECUTING)
 
 
 def check_batch(host: RecordingHost, report: BatchReport, expected: Sequence[int]) -> None:
@@ -217,7 +203,7 @@ def test_server_killed_mid_run_fails_every_plate_once() -> None:
             workflow(process, handlers=handlers, liveness_timeout=1.0) as (service, host),
         ):
             running = asyncio.create_task(service.run_plates(specs(plate_ids)))
-            await until(observer, lambda: executing(host) == 2)
+            await until(observer, lambda: executing_count(host) == 2)
             os.kill(process.pid, signal.SIGKILL)
             report = await running
             check_batch(host, report, (0, 3, 0))

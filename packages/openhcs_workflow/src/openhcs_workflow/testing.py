@@ -17,7 +17,7 @@ import selectors
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import attrs
@@ -34,6 +34,7 @@ from openhcs_workflow.backend import (
 from openhcs_workflow.host import Host
 from openhcs_workflow.plate_state import PlateState
 from reactive_services.dispatch import Dispatcher
+from zmqruntime.client import ExecutionClient
 from zmqruntime.engines.poll_policy import StatusObservation
 from zmqruntime.engines.signals import ExecutionSignals
 from zmqruntime.execution_status import LEGAL_TRANSITIONS, ExecutionStatus
@@ -45,6 +46,8 @@ __all__ = [
     "ScriptedBackend",
     "ScriptedExecution",
     "VirtualTimeEventLoop",
+    "executing_count",
+    "until",
 ]
 
 
@@ -519,3 +522,18 @@ class VirtualTimeEventLoop(asyncio.SelectorEventLoop):
         """Move the clock forward (timers due by then run at the next loop iteration)."""
         if seconds > 0:
             self._virtual_now = math.ceil((self._virtual_now + seconds) / self.TICK) * self.TICK
+
+
+async def until(client: ExecutionClient, check: Callable[[], Awaitable[bool] | bool]) -> None:
+    """Re-check `check()` on every event of `client`'s server (heartbeats included) until it
+    holds: a condition-wait for tests against a real server, with no sleeps."""
+    async for _ in client.events():
+        verdict = check()
+        if verdict if isinstance(verdict, bool) else await verdict:
+            return
+
+
+def executing_count(host: RecordingHost) -> int:
+    """How many plates `host` was told are executing."""
+    states = [c.args[1] for c in host.named("emit_orchestrator_state")]
+    return states.count(PlateState.EXECUTING)
