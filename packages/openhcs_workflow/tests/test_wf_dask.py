@@ -30,6 +30,7 @@ from reactive_services import AsyncioDispatcher
 from zmqruntime.client import ExecutionClient
 from zmqruntime.progress import ProgressUpdate
 from zmqruntime.server import ExecutionServer
+from zmqruntime.testing import local_dask_client
 from zmqruntime.testing.handlers import wait_for_cancel
 
 distributed = pytest.importorskip("distributed")
@@ -46,20 +47,8 @@ PLATE_AND_WAIT_HANDLERS = {**HANDLERS, "wait_for_cancel": wait_for_cancel}
 @pytest.fixture(scope="module")
 def dask_client() -> Iterator[Any]:
     """Two single-threaded worker processes; a task whose worker dies is not retried."""
-    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
-        cluster = distributed.LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address=None,
-        )
-        client = distributed.Client(cluster, set_as_default=False)
-    try:
+    with local_dask_client(n_workers=2) as client:
         yield client
-    finally:
-        client.close()
-        cluster.close()
 
 
 def test_four_plates_on_dask_and_a_killed_worker_fails_only_its_plate(

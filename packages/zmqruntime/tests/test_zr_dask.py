@@ -18,7 +18,7 @@ from zmqruntime.execution_status import ExecutionStatus
 from zmqruntime.messages import ExecutionEvent
 from zmqruntime.progress import ProgressUpdate
 from zmqruntime.server.server import ExecutionServer
-from zmqruntime.testing import SAMPLE_HANDLERS
+from zmqruntime.testing import SAMPLE_HANDLERS, local_dask_client
 
 distributed = pytest.importorskip("distributed")
 dask = pytest.importorskip("dask")
@@ -31,20 +31,8 @@ pytestmark = pytest.mark.timeout(90)
 @pytest.fixture(scope="module")
 def dask_client() -> Iterator[Any]:
     """Two single-threaded worker processes; a task whose worker dies is not retried."""
-    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
-        cluster = distributed.LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address=None,
-        )
-        client = distributed.Client(cluster, set_as_default=False)
-    try:
+    with local_dask_client(n_workers=2) as client:
         yield client
-    finally:
-        client.close()
-        cluster.close()
 
 
 def test_executions_run_on_dask_and_a_killed_worker_fails_only_its_job(dask_client: Any) -> None:

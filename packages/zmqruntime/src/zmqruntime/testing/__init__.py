@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import itertools
 import random
 import socket
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from types import TracebackType
 from typing import Any, Self
 
@@ -27,7 +28,13 @@ from zmqruntime.messages import ExecutionEvent, ExecutionRecord, Heartbeat, Mess
 from zmqruntime.progress import ProgressUpdate
 from zmqruntime.server.server import ExecutionServer
 
-__all__ = ["SAMPLE_HANDLERS", "RawPeer", "free_port_block", "serve_and_connect"]
+__all__ = [
+    "SAMPLE_HANDLERS",
+    "RawPeer",
+    "free_port_block",
+    "local_dask_client",
+    "serve_and_connect",
+]
 
 #: The sample handlers of `zmqruntime.testing.handlers`, as a `--handlers` reference.
 SAMPLE_HANDLERS = "zmqruntime.testing.handlers:HANDLERS"
@@ -229,3 +236,27 @@ async def serve_and_connect(
             yield server, peer
     finally:
         await server.shutdown(force=True)
+
+
+@contextlib.contextmanager
+def local_dask_client(n_workers: int = 2) -> Iterator[Any]:
+    """A `distributed.Client` of a LocalCluster of single-threaded worker processes on
+    loopback, where a task whose worker dies is not retried (`allowed-failures` 0), so a
+    killed worker shows at once. Needs the `dask` extra."""
+    # Imported by name: typed as Any, so type checking works without the extra installed.
+    dask: Any = importlib.import_module("dask")
+    distributed: Any = importlib.import_module("distributed")
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+        cluster = distributed.LocalCluster(
+            n_workers=n_workers,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+        )
+        client = distributed.Client(cluster, set_as_default=False)
+    try:
+        yield client
+    finally:
+        client.close()
+        cluster.close()
