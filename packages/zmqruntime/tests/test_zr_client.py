@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 from collections.abc import Iterator
@@ -209,3 +210,42 @@ def test_dead_server_fails_requests_fast() -> None:
     with start_server_process(SAMPLE_HANDLERS, workers=1) as process:
         run(lambda: scenario(process))
         process.wait(10)
+
+
+def test_a_failed_resync_is_retried_once_the_server_answers_again() -> None:
+    class Failed(logging.Handler):
+        """Sets an event when the client reports a resync it will retry."""
+
+        def __init__(self, event: asyncio.Event) -> None:
+            super().__init__(logging.WARNING)
+            self.event = event
+
+        def emit(self, record: logging.LogRecord) -> None:
+            if "retried on the next heartbeat" in record.getMessage():
+                self.event.set()
+
+    async def scenario(process: ServerProcess) -> None:
+        async with ExecutionClient(process.info, request_timeout=0.5) as client:
+            reply = await client.submit("echo", {"x": 1})
+            assert (await client.wait(reply.execution_id, poll_interval=NEVER)).ok
+            everything = client.events()
+            await anext(everything)  # a heartbeat arrived: the event stream is live
+            failed = asyncio.Event()
+            handler = Failed(failed)
+            logging.getLogger("zmqruntime.client").addHandler(handler)
+            os.kill(process.pid, signal.SIGSTOP)  # the server stalls
+            try:
+                stream = client.events(reply.execution_id)
+                opening = asyncio.create_task(anext(stream))  # its snapshot request times out
+                await asyncio.wait_for(failed.wait(), 10)
+            finally:
+                os.kill(process.pid, signal.SIGCONT)
+                logging.getLogger("zmqruntime.client").removeHandler(handler)
+            event = await asyncio.wait_for(opening, 10)  # retried after the next heartbeat
+            assert isinstance(event, Resynced)
+            assert event.snapshot.execution.status is ExecutionStatus.COMPLETE
+            await stream.aclose()
+            await everything.aclose()
+
+    with start_server_process(SAMPLE_HANDLERS, workers=1, heartbeat_interval=0.2) as process:
+        run(lambda: scenario(process))

@@ -178,6 +178,9 @@ class ExecutionClient:
         self._subscriptions: list[_Subscription] = []
         self._last_seq: OrderedDict[str, int] = OrderedDict()
         self._resyncing: set[str] = set()
+        # Resyncs whose status request failed (server stalled or unreachable): retried on the
+        # next heartbeat, the sign that the server answers again.
+        self._failed_resyncs: dict[tuple[str, int], _Subscription | None] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._ctx: zmq.asyncio.Context | None = None
         self._control: zmq.asyncio.Socket | None = None
@@ -457,6 +460,7 @@ class ExecutionClient:
             epoch = envelope.server_epoch
             if isinstance(message, Heartbeat):
                 self.signals.notify_heartbeat(epoch)
+                self._retry_failed_resyncs()
                 self._fan_out(message, None)
             elif isinstance(message, ProgressUpdate | ExecutionEvent):
                 execution_id = (
@@ -527,7 +531,11 @@ class ExecutionClient:
         """Fetch a snapshot and deliver it to every iterator of the execution (or `only`)."""
         try:
             snapshot = await self.status(execution_id)
-        except (ServerError, ServerUnavailable, ClientClosed) as exc:
+        except ServerUnavailable as exc:
+            log.warning("resync of %s failed, retried on the next heartbeat: %s", execution_id, exc)
+            self._failed_resyncs[(execution_id, id(only))] = only
+            return
+        except (ServerError, ClientClosed) as exc:  # forgotten by the server, or closing
             log.warning("resync of %s failed: %s", execution_id, exc)
             return
         finally:
@@ -540,6 +548,14 @@ class ExecutionClient:
             self._fan_out(event, execution_id)
         else:
             only.offer(event, execution_id)
+
+    def _retry_failed_resyncs(self) -> None:
+        failed, self._failed_resyncs = self._failed_resyncs, {}
+        for (execution_id, _), only in failed.items():
+            if only is None:
+                self._schedule_resync(execution_id)
+            elif only in self._subscriptions:  # that iterator is still reading
+                self._spawn(self._resync(execution_id, only=only), f"resync-{execution_id}")
 
     # -- event iteration ------------------------------------------------------------------
 
