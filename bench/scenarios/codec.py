@@ -11,7 +11,6 @@ import hashlib
 import hmac
 import json
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 
@@ -20,27 +19,13 @@ from zmqruntime.codec import WireCodec
 from zmqruntime.messages import Submit
 from zmqruntime.progress import ProgressUpdate
 from zmqruntime.signing import new_key
+from zmqruntime.testing import example_progress
 
 SCENARIO = "codec"
 _GOAL_RATIO = 5.0
 _ROUNDS = 5
 
-_EXAMPLE: dict[str, Any] = {
-    "type": "progress",
-    "execution_id": "4f3c9b1d2e7a48c6a0b5d9e1f2c3b4a5",
-    "plate_id": "/data/plate_01",
-    "axis_id": "B06",
-    "step_name": "SegmentNuclei",
-    "step_index": 2,
-    "total_steps": 7,
-    "phase": "pattern_group",
-    "status": "running",
-    "completed": 14,
-    "total": 50,
-    "percent": 28.0,
-    "timestamp": 1700000000.0,
-    "seq": 1,
-}
+_EXAMPLE = example_progress(execution_id="4f3c9b1d2e7a48c6a0b5d9e1f2c3b4a5")
 
 
 def _ratio_row(

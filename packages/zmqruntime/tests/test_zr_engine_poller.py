@@ -9,10 +9,9 @@ drives liveness and deadlines where a test must not depend on elapsed time.
 from __future__ import annotations
 
 import asyncio
-import functools
 import threading
 import time
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
@@ -30,37 +29,11 @@ from zmqruntime.engines import (
     StatusObservation,
 )
 from zmqruntime.execution_status import ExecutionStatus
+from zmqruntime.testing import ManualClock, asyncio_test
 
 EID = "exec-1"
 TERMINAL = [s for s in ExecutionStatus if s.is_terminal]
 NON_TERMINAL = [s for s in ExecutionStatus if not s.is_terminal]
-
-
-def asyncio_test(fn: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
-    """Run an async test on a fresh event loop of its own, bounded by 10 s."""
-
-    @functools.wraps(fn)
-    def run(*args: Any, **kwargs: Any) -> None:
-        async def bounded() -> None:
-            async with asyncio.timeout(10):
-                await fn(*args, **kwargs)
-
-        asyncio.run(bounded())
-
-    return run
-
-
-class ManualClock:
-    """A clock that moves only when told to."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def observation(status: ExecutionStatus, epoch: str | None = "epoch-a", **payload: Any) -> Any:

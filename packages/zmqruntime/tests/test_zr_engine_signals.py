@@ -3,37 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import functools
-from collections.abc import Callable, Coroutine
 from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from zmqruntime.engines import ExecutionSignals, WakeReason
+from zmqruntime.testing import ManualClock, asyncio_test
 
 #: A wait that must not be woken is given this long to prove it; it is a bound, not a sync.
 QUIET = 0.02
-
-
-def asyncio_test(fn: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
-    @functools.wraps(fn)
-    def run(*args: Any, **kwargs: Any) -> None:
-        async def bounded() -> None:
-            async with asyncio.timeout(10):
-                await fn(*args, **kwargs)
-
-        asyncio.run(bounded())
-
-    return run
-
-
-class ManualClock:
-    def __init__(self) -> None:
-        self.now = 50.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @asyncio_test
@@ -58,7 +37,7 @@ async def test_an_event_that_arrives_while_the_poller_is_busy_is_not_lost() -> N
 
 @asyncio_test
 async def test_heartbeats_refresh_liveness_without_waking_anyone() -> None:
-    clock = ManualClock()
+    clock = ManualClock(start=50.0)
     signals = ExecutionSignals(clock=clock)
     with signals.watch("a") as watch:
         assert watch.last_sign_of_life is None

@@ -2,29 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
 from zmqruntime.progress import Phase, ProgressStatus, ProgressUpdate
 from zmqruntime.schema import SchemaError
+from zmqruntime.testing import example_progress
 
-EXAMPLE: dict[str, Any] = {
-    "type": "progress",
-    "execution_id": "e1",
-    "plate_id": "/data/plate_01",
-    "axis_id": "B06",
-    "step_name": "SegmentNuclei",
-    "step_index": 2,
-    "total_steps": 7,
-    "phase": "pattern_group",
-    "status": "running",
-    "completed": 14,
-    "total": 50,
-    "percent": 28.0,
-    "timestamp": 1700000000.0,
-    "seq": 1,
-}
+EXAMPLE = example_progress()  # the issue's example, plus seq
 
 
 def test_the_issue_example_parses_and_round_trips() -> None:

@@ -41,6 +41,7 @@ from zmqruntime.schema import (
     key_segment,
 )
 from zmqruntime.strategies import MESSAGE_STRATEGIES, execution_records, progress_updates
+from zmqruntime.testing import example_progress
 
 connection_infos = st.builds(
     ConnectionInfo,
@@ -223,14 +224,16 @@ def test_python_construction_refuses_the_same_values(
 
 
 def test_a_float_field_reads_an_integer_as_a_float() -> None:
-    update = ProgressUpdate.from_wire(_progress(percent=28, timestamp=1700000000))
+    update = ProgressUpdate.from_wire(example_progress(percent=28, timestamp=1700000000))
     assert type(update.percent) is float
     assert update.percent == 28.0
     assert type(update.timestamp) is float
 
 
 def test_python_construction_normalises_python_types_only() -> None:
-    update = ProgressUpdate(**{**_progress(), "phase": "init", "total": np.int64(50), "percent": 3})
+    update = ProgressUpdate(
+        **{**example_progress(), "phase": "init", "total": np.int64(50), "percent": 3}
+    )
     assert update.phase is Phase.INIT
     assert type(update.total) is int
     assert type(update.percent) is float
@@ -349,7 +352,7 @@ def test_error_reply_and_counters_defaults() -> None:
 
 def test_integers_must_fit_64_bits() -> None:
     with pytest.raises(SchemaError, match="64-bit"):
-        ProgressUpdate.from_wire(_progress(seq=2**63))
+        ProgressUpdate.from_wire(example_progress(seq=2**63))
 
 
 def test_to_json_value_converts_numpy_scalars() -> None:
@@ -374,23 +377,3 @@ def test_messages_holding_arrays_compare_and_hash_by_value() -> None:
     assert hash(a) == hash(b)
     assert a != c
     assert math.isfinite(a.params["x"].sum())
-
-
-def _progress(**changes: Any) -> dict[str, Any]:
-    base = {
-        "type": "progress",
-        "execution_id": "e1",
-        "plate_id": "/data/plate_01",
-        "axis_id": "B06",
-        "step_name": "SegmentNuclei",
-        "step_index": 2,
-        "total_steps": 7,
-        "phase": "pattern_group",
-        "status": "running",
-        "completed": 14,
-        "total": 50,
-        "percent": 28.0,
-        "timestamp": 1700000000.0,
-        "seq": 1,
-    }
-    return {**base, **changes}

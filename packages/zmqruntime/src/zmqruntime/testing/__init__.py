@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import importlib
 import itertools
 import random
 import socket
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from types import TracebackType
 from typing import Any, Self
 
@@ -30,7 +31,10 @@ from zmqruntime.server.server import ExecutionServer
 
 __all__ = [
     "SAMPLE_HANDLERS",
+    "ManualClock",
     "RawPeer",
+    "asyncio_test",
+    "example_progress",
     "free_port_block",
     "local_dask_client",
     "serve_and_connect",
@@ -260,3 +264,52 @@ def local_dask_client(n_workers: int = 2) -> Iterator[Any]:
     finally:
         client.close()
         cluster.close()
+
+
+def example_progress(**changes: Any) -> dict[str, Any]:
+    """The `ProgressUpdate` example of docs/protocol.md §6 as it travels on the wire (a fresh
+    dict each call), with `changes` applied."""
+    example: dict[str, Any] = {
+        "type": "progress",
+        "execution_id": "e1",
+        "plate_id": "/data/plate_01",
+        "axis_id": "B06",
+        "step_name": "SegmentNuclei",
+        "step_index": 2,
+        "total_steps": 7,
+        "phase": "pattern_group",
+        "status": "running",
+        "completed": 14,
+        "total": 50,
+        "percent": 28.0,
+        "timestamp": 1700000000.0,
+        "seq": 1,
+    }
+    return {**example, **changes}
+
+
+class ManualClock:
+    """A monotonic clock for tests that moves only when told to."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def asyncio_test(fn: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
+    """Run an async test function on a fresh event loop of its own, bounded by 10 s."""
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> None:
+        async def bounded() -> None:
+            async with asyncio.timeout(10):
+                await fn(*args, **kwargs)
+
+        asyncio.run(bounded())
+
+    return run
