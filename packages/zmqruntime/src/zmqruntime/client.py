@@ -1,18 +1,17 @@
 """The asynchronous execution client: control requests over DEALER, events over SUB.
 
-One `ExecutionClient` lives on one asyncio loop. It runs two background tasks on that loop
-(no threads): one reads replies and hands each to the request awaiting its `request_id`; one
-reads events, feeds the `ExecutionSignals` that pollers wake on, detects `seq` gaps and resyncs
-from a status snapshot. A monitor on the control socket fails every pending request at once
-when the connection to the server drops, so a dead server is an immediate `ServerUnavailable`,
-never a hang. See docs/protocol.md for the messages.
+One `ExecutionClient` lives on one asyncio loop. Its sockets are read by that loop's reader
+callbacks (`LoopSocket`; no threads, no task per message): replies are handed to the request
+awaiting their `request_id`; events feed the `ExecutionSignals` that pollers wake on, and `seq`
+gaps are repaired from a status snapshot. A monitor on the control socket fails every pending
+request at once when the connection to the server drops, so a dead server is an immediate
+`ServerUnavailable`, never a hang. See docs/protocol.md for the messages.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import os
 import secrets
@@ -22,7 +21,6 @@ from typing import Any, TypeVar, overload
 
 import attrs
 import zmq
-import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
 from zmqruntime.codec import Envelope, WireCodec, WireError
@@ -35,6 +33,7 @@ from zmqruntime.engines import (
     PollOutcome,
     StatusObservation,
 )
+from zmqruntime.loop_socket import LoopSocket
 from zmqruntime.messages import (
     Cancel,
     CancelReply,
@@ -182,10 +181,10 @@ class ExecutionClient:
         # next heartbeat, the sign that the server answers again.
         self._failed_resyncs: dict[tuple[str, int], _Subscription | None] = {}
         self._tasks: list[asyncio.Task[None]] = []
-        self._ctx: zmq.asyncio.Context | None = None
-        self._control: zmq.asyncio.Socket | None = None
-        self._events: zmq.asyncio.Socket | None = None
-        self._monitor: zmq.asyncio.Socket | None = None
+        self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
+        self._control: LoopSocket | None = None
+        self._events: LoopSocket | None = None
+        self._monitor: LoopSocket | None = None
         self._server_epoch: str | None = None
         self._events_live = asyncio.Event()
         self._closed = False
@@ -203,21 +202,20 @@ class ExecutionClient:
         return client
 
     async def open(self) -> None:
-        """Create the sockets and start the reader tasks on the running loop."""
+        """Create the sockets and start reading them on the running loop."""
         if self._closed:
             raise ClientClosed("this client was closed; create a new one")
         if self._ctx is not None:
             return
-        self._ctx = zmq.asyncio.Context()
+        self._ctx = zmq.Context()
         control = self._ctx.socket(zmq.DEALER)
         control.setsockopt(zmq.LINGER, 0)
         control.setsockopt(zmq.IMMEDIATE, 1)
         self._apply_curve(control)
-        self._monitor = control.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        monitor = control.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         control.connect(self.info.control)
-        self._control = control
-        self._tasks.append(asyncio.create_task(self._read_replies(), name="zmqruntime-replies"))
-        self._tasks.append(asyncio.create_task(self._watch_connection(), name="zmqruntime-monitor"))
+        self._control = LoopSocket(control, self._on_reply)
+        self._monitor = LoopSocket(monitor, self._on_monitor_event, copy=True)
         if self._subscribe_events:
             events = self._ctx.socket(zmq.SUB)
             events.setsockopt(zmq.LINGER, 0)
@@ -225,10 +223,12 @@ class ExecutionClient:
             events.setsockopt(zmq.SUBSCRIBE, b"")
             self._apply_curve(events)
             events.connect(self.info.events)
-            self._events = events
-            self._tasks.append(asyncio.create_task(self._read_events(), name="zmqruntime-events"))
+            self._events = LoopSocket(events, self._on_event, batch=_FAIRNESS_BATCH)
+        for reader in (self._control, self._monitor, self._events):
+            if reader is not None:
+                reader.start()
 
-    def _apply_curve(self, sock: zmq.asyncio.Socket) -> None:
+    def _apply_curve(self, sock: zmq.Socket[bytes]) -> None:
         if self._curve is not None:
             assert self.info.curve_server_public is not None
             apply_curve_client(sock, self.info.curve_server_public.encode(), self._curve)
@@ -245,11 +245,15 @@ class ExecutionClient:
                 await task
         self._tasks.clear()
         self._fail_pending(ClientClosed("client closed"))
+        for reader in (self._monitor, self._control, self._events):
+            if reader is not None:
+                reader.stop()
         if self._control is not None and self._monitor is not None:
-            self._control.disable_monitor()
-        for sock in (self._monitor, self._control, self._events):
-            if sock is not None:
-                sock.close(linger=0)
+            with contextlib.suppress(zmq.ZMQError):
+                self._control.sock.disable_monitor()
+        for reader in (self._monitor, self._control, self._events):
+            if reader is not None:
+                reader.close(linger=0)
         if self._ctx is not None:
             self._ctx.term()
         self._ctx = self._control = self._events = self._monitor = None
@@ -382,14 +386,7 @@ class ExecutionClient:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
         try:
-            connect_ms = int(1000 * min(self.connect_timeout, deadline))
-            # pyzmq's stub for the async socket's poll() omits its `flags` argument.
-            writable = await self._control.poll(connect_ms, zmq.POLLOUT)  # type: ignore[call-arg]
-            if not writable:
-                raise ServerUnavailable(
-                    f"no server reachable at {self.info.control} within {connect_ms / 1000:g} s"
-                )
-            await self._control.send_multipart(frames, copy=False)
+            await self._send_request(frames, min(self.connect_timeout, deadline))
             try:
                 reply = await asyncio.wait_for(future, deadline)
             except TimeoutError:
@@ -404,77 +401,83 @@ class ExecutionClient:
             raise ServerError(str(error.code), error.message, error.details)
         return reply
 
+    async def _send_request(self, frames: list[Any], connect_timeout: float) -> None:
+        """Send at once when connected (requests leave in call order); else wait up to
+        `connect_timeout` for the connection."""
+        control = self._control
+        assert control is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + connect_timeout
+        while True:
+            try:
+                control.send(frames)
+                return
+            except zmq.Again:  # no connected server (IMMEDIATE), or its queue is full
+                pass
+            remaining = deadline - loop.time()
+            if remaining <= 0 or not await control.wait_writable(remaining):
+                raise ServerUnavailable(
+                    f"no server reachable at {self.info.control} within {connect_timeout:g} s"
+                )
+
     def _fail_pending(self, error: BaseException) -> None:
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(error)
         self._pending.clear()
 
-    # -- background tasks -----------------------------------------------------------------
+    # -- readers (called by the loop for each message) -----------------------------------------
 
-    async def _read_replies(self) -> None:
-        assert self._control is not None
-        while True:
-            frames = await self._control.recv_multipart(copy=False)
-            try:
-                envelope = self._codec.decode(frames)
-            except WireError as exc:
-                log.warning("dropped an invalid reply: %s", exc)
-                if exc.request_id in self._pending:
-                    self._pending[exc.request_id].set_exception(
-                        ServerError(str(exc.code), f"invalid reply from server: {exc.message}")
-                    )
-                continue
-            self._observe_epoch(envelope.server_epoch)
-            future = self._pending.get(envelope.request_id or "")
-            if future is not None and not future.done():
-                future.set_result(envelope)
+    def _on_reply(self, frames: list[Any]) -> None:
+        try:
+            envelope = self._codec.decode(frames)
+        except WireError as exc:
+            log.warning("dropped an invalid reply: %s", exc)
+            pending = self._pending.get(exc.request_id or "")
+            if pending is not None and not pending.done():
+                pending.set_exception(
+                    ServerError(str(exc.code), f"invalid reply from server: {exc.message}")
+                )
+            return
+        self._observe_epoch(envelope.server_epoch)
+        future = self._pending.get(envelope.request_id or "")
+        if future is not None and not future.done():
+            future.set_result(envelope)
 
-    async def _watch_connection(self) -> None:
-        assert self._monitor is not None
-        while True:
-            event = parse_monitor_message(await self._monitor.recv_multipart())
-            if event["event"] == zmq.EVENT_DISCONNECTED:
-                self._fail_pending(
-                    ServerUnavailable(f"connection to the server at {self.info.control} was lost")
-                )
+    def _on_monitor_event(self, frames: list[Any]) -> None:
+        event = parse_monitor_message(frames)
+        if event["event"] == zmq.EVENT_DISCONNECTED:
+            self._fail_pending(
+                ServerUnavailable(f"connection to the server at {self.info.control} was lost")
+            )
 
-    async def _read_events(self) -> None:
-        assert self._events is not None
-        for received in itertools.count(1):
-            if received % _FAIRNESS_BATCH == 0:
-                # A waiting message is returned without yielding to the loop: under a flood of
-                # events, let replies (and the caller's tasks) run now and then.
-                await asyncio.sleep(0)
-            frames = await self._events.recv_multipart(copy=False)
-            try:
-                envelope = self._codec.decode(frames, topic=True)
-            except WireError as exc:
-                log.warning("dropped an invalid event: %s", exc)
-                continue
-            # The first event proves the subscription reached the server (PUB drops what it
-            # publishes before a subscriber joins: ZeroMQ's slow-joiner behaviour).
-            self._events_live.set()
-            self._observe_epoch(envelope.server_epoch)
-            message = envelope.message
-            epoch = envelope.server_epoch
-            if isinstance(message, Heartbeat):
-                self.signals.notify_heartbeat(epoch)
-                self._retry_failed_resyncs()
-                self._fan_out(message, None)
-            elif isinstance(message, ProgressUpdate | ExecutionEvent):
-                execution_id = (
-                    message.execution_id
-                    if isinstance(message, ProgressUpdate)
-                    else message.record.execution_id
-                )
-                # Progress shows the server alive; only a status transition is worth a re-poll.
-                self.signals.notify_event(
-                    execution_id, epoch, wake=isinstance(message, ExecutionEvent)
-                )
-                self._check_sequence(execution_id, message.seq)
-                self._fan_out(message, execution_id)
-            # Cancel notices are for workers; clients ignore them.
+    def _on_event(self, frames: list[Any]) -> None:
+        try:
+            envelope = self._codec.decode(frames, topic=True)
+        except WireError as exc:
+            log.warning("dropped an invalid event: %s", exc)
+            return
+        # The first event proves the subscription reached the server (PUB drops what it
+        # publishes before a subscriber joins: ZeroMQ's slow-joiner behaviour).
+        self._events_live.set()
+        self._observe_epoch(envelope.server_epoch)
+        message = envelope.message
+        epoch = envelope.server_epoch
+        if isinstance(message, Heartbeat):
+            self.signals.notify_heartbeat(epoch)
+            self._retry_failed_resyncs()
+            self._fan_out(message, None)
+        elif isinstance(message, ProgressUpdate | ExecutionEvent):
+            execution_id = (
+                message.execution_id
+                if isinstance(message, ProgressUpdate)
+                else message.record.execution_id
+            )
+            # Progress shows the server alive; only a status transition is worth a re-poll.
+            self.signals.notify_event(execution_id, epoch, wake=isinstance(message, ExecutionEvent))
+            self._check_sequence(execution_id, message.seq)
+            self._fan_out(message, execution_id)
+        # Cancel notices are for workers; clients ignore them.
 
     def _observe_epoch(self, epoch: str | None) -> None:
         if epoch is None or epoch == self._server_epoch:

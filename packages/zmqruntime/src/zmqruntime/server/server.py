@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import os
 import sqlite3
@@ -39,6 +38,7 @@ from zmqruntime.curve import (
     start_authenticator,
 )
 from zmqruntime.execution_status import ExecutionStatus
+from zmqruntime.loop_socket import LoopSocket
 from zmqruntime.messages import (
     Cancel,
     ErrorCode,
@@ -158,10 +158,9 @@ class ExecutionServer:
         self._codec = WireCodec(self._key, max_message_size=max_message_size)
         self._info: ConnectionInfo | None = None
         self._context: zmq.asyncio.Context | None = None
-        self._control: zmq.asyncio.Socket | None = None
+        self._control: LoopSocket | None = None
         self._events: zmq.Socket[bytes] | None = None
-        self._events_async: zmq.asyncio.Socket | None = None
-        self._progress: zmq.asyncio.Socket | None = None
+        self._progress: LoopSocket | None = None
         self._pool: WorkerPool | None = None
         self._loops: list[asyncio.Task[None]] = []
         self._attempts: dict[int, tuple[int, Future[JobOutcome]]] = {}
@@ -224,13 +223,12 @@ class ExecutionServer:
             self._destroy_context()
             self._close_journal()
             raise
-        events_sync: zmq.Socket[bytes] = zmq.Socket.shadow(events.underlying)
-        self._control, self._progress = control, progress
-        self._events_async = events
-        self._events = events_sync
+        self._events = events
         try:
             self._pool = WorkerPool(self._executor_factory, self.workers)
         except Exception as exc:
+            for sock in (control, events, progress):
+                sock.close(linger=0)
             self._destroy_context()
             self._close_journal()
             raise ServerStartError(f"cannot start the worker pool: {exc}") from exc
@@ -244,9 +242,17 @@ class ExecutionServer:
             protocol=PROTOCOL_VERSION,
             curve_server_public=None if self.curve is None else self.curve.server.public.decode(),
         )
+        # Requests and reports are handled in the loop's reader callbacks, in batches of
+        # FAIRNESS_BATCH so neither channel can starve the other or the heartbeat.
+        self._control = LoopSocket(
+            control, self._handle_request, on_error=self._socket_failed, batch=FAIRNESS_BATCH
+        )
+        self._progress = LoopSocket(
+            progress, self._handle_report, on_error=self._socket_failed, batch=FAIRNESS_BATCH
+        )
+        self._control.start()
+        self._progress.start()
         self._loops = [
-            asyncio.create_task(self._control_loop(), name="zmqruntime-server-control"),
-            asyncio.create_task(self._progress_loop(), name="zmqruntime-server-progress"),
             asyncio.create_task(self._heartbeat_loop(), name="zmqruntime-server-heartbeat"),
         ]
         for loop_task in self._loops:
@@ -365,9 +371,9 @@ class ExecutionServer:
             "secret": self._worker_keys.secret.decode(),
         }
 
-    def _bind(self, kind: int, port: int, name: str) -> zmq.asyncio.Socket:
+    def _bind(self, kind: int, port: int, name: str) -> zmq.Socket[bytes]:
         assert self._context is not None
-        sock = self._context.socket(kind)
+        sock: zmq.Socket[bytes] = zmq.Socket(self._context, kind)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, self.max_message_size)
         if self.curve is not None:
@@ -385,7 +391,7 @@ class ExecutionServer:
         return sock
 
     @staticmethod
-    def _endpoint(sock: zmq.asyncio.Socket) -> str:
+    def _endpoint(sock: zmq.Socket[bytes]) -> str:
         endpoint = sock.getsockopt(zmq.LAST_ENDPOINT)
         assert isinstance(endpoint, bytes)
         return endpoint.decode()
@@ -411,18 +417,11 @@ class ExecutionServer:
             frames = self._codec.encode(
                 refusal, request_id=request_id, server_epoch=self.server_epoch
             )
-        sending = asyncio.ensure_future(
-            self._control.send_multipart([identity, *frames], copy=False)
-        )
-        if sending.done():  # the usual case: a ROUTER send never waits
-            self._reply_sent(sending)
-        else:
-            sending.add_done_callback(self._reply_sent)
-
-    @staticmethod
-    def _reply_sent(sending: asyncio.Future[Any]) -> None:
-        if not sending.cancelled() and sending.exception() is not None:
-            log.warning("a reply could not be sent: %r", sending.exception())
+        try:
+            # A ROUTER send never waits: a peer gone or with a full queue loses the reply.
+            self._control.send([identity, *frames])
+        except zmq.ZMQError as exc:
+            log.warning("a reply could not be sent: %r", exc)
 
     # -- effects and dispatching ----------------------------------------------------------
 
@@ -594,26 +593,25 @@ class ExecutionServer:
         return self._stats.infos(pool_pids | set(busy), busy)
 
     def _loop_ended(self, task: asyncio.Task[None]) -> None:
-        """A loop only ends by cancellation at close; if one dies otherwise (its socket broke),
-        a half-working server would be worse than none: shut down, so clients see it gone."""
+        """The heartbeat loop only ends by cancellation at close; if it dies otherwise, a
+        half-working server would be worse than none: shut down, so clients see it gone."""
         if task.cancelled() or self._closing is not None:
             return
+        self._fatal(task.get_name(), task.exception())
+
+    def _socket_failed(self, exc: BaseException) -> None:
+        """A socket broke under its reader: end the server like a dead loop."""
+        if self._closing is None:
+            self._fatal("a socket reader", exc)
+
+    def _fatal(self, what: str, exc: BaseException | None) -> None:
         self.scheduler.counters.internal_errors += 1
-        log.critical("%s stopped: %r; shutting down", task.get_name(), task.exception())
+        log.critical("%s stopped: %r; shutting down", what, exc)
         self.request_shutdown(force=True)
 
     def _internal_error(self, what: str) -> None:
         self.scheduler.counters.internal_errors += 1
         log.exception("internal error while %s", what)
-
-    async def _control_loop(self) -> None:
-        assert self._control is not None
-        for received in itertools.count(1):
-            # Copying small frames is cheaper than wrapping them; requests are small.
-            frames = await self._control.recv_multipart()
-            self._handle_request(frames)
-            if received % FAIRNESS_BATCH == 0:
-                await asyncio.sleep(0)  # a flood must not starve the other loops
 
     def _handle_request(self, frames: list[Any]) -> None:
         """Decode, answer and reply to one request, all without waiting on anything.
@@ -689,20 +687,13 @@ class ExecutionServer:
             "envelope.type",
         )
 
-    async def _progress_loop(self) -> None:
-        assert self._progress is not None
-        for received in itertools.count(1):
-            frames = await self._progress.recv_multipart(copy=False)
-            try:
-                self._handle_report(frames)
-            except Exception:
-                self._internal_error("handling a worker report")
-            if received % FAIRNESS_BATCH == 0:
-                # A message already waiting is returned without yielding to the event loop,
-                # so a flood of reports would starve requests and heartbeats: yield now and then.
-                await asyncio.sleep(0)
-
     def _handle_report(self, frames: list[Any]) -> None:
+        try:
+            self._take_report(frames)
+        except Exception:
+            self._internal_error("handling a worker report")
+
+    def _take_report(self, frames: list[Any]) -> None:
         try:
             envelope = self._codec.decode(frames)
         except WireError as exc:
@@ -785,29 +776,28 @@ class ExecutionServer:
         log.info("execution server %s closed", self.server_epoch)
 
     async def _close_sockets(self) -> None:
-        """Stop the loops, then close the sockets: the control loop first, so no request is
+        """Stop the readers and loops, then close the sockets: no request is
         taken after the shutdown reply; a bounded linger lets that reply and the last events
         out; the context is terminated in a thread (it waits up to that linger)."""
-        control_loop, *other_loops = self._loops
-        control_loop.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await control_loop
-        for task in [*other_loops, *self._attempt_tasks]:
+        if self._control is not None:
+            self._control.stop()
+        if self._progress is not None:
+            self._progress.stop()
+        for task in [*self._loops, *self._attempt_tasks]:
             task.cancel()
-        for task in [*other_loops, *self._attempt_tasks]:
+        for task in [*self._loops, *self._attempt_tasks]:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        for sock, linger in (
-            (self._control, FINAL_LINGER_MS),
-            (self._events_async, FINAL_LINGER_MS),
-            (self._progress, 0),
-        ):
-            if sock is not None:
-                sock.close(linger=linger)
+        if self._control is not None:
+            self._control.close(linger=FINAL_LINGER_MS)
+        if self._events is not None:
+            self._events.close(linger=FINAL_LINGER_MS)
+        if self._progress is not None:
+            self._progress.close(linger=0)
         if self._authenticator is not None:
             self._authenticator.stop()
             self._authenticator = None
         if self._context is not None:
             await asyncio.to_thread(self._context.term)
-        self._control = self._progress = self._events = self._events_async = None
+        self._control = self._progress = self._events = None
         self._context = None

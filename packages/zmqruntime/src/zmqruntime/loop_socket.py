@@ -1,0 +1,186 @@
+"""`LoopSocket`: a plain (blocking-API) ZeroMQ socket driven by an asyncio loop's reader.
+
+`zmq.asyncio` gives every receive its own future and walks an enum-flag state machine for it:
+on a two-core machine that overhead, per small message, was as large as decoding and checking
+the message itself. Here the socket's `ZMQ_FD` is watched with `loop.add_reader`, and each
+wake-up drains every message waiting (non-blocking receives) into a synchronous callback, up to
+`batch` messages in a row before yielding to the loop so a flood never starves the loop's other
+work. Sends are non-blocking calls made directly from the loop thread.
+
+`ZMQ_FD` is edge-triggered and shared by sends and receives: a send can consume the edge that
+announced an incoming message. So after every send, and whenever a drain stops early, a drain is
+scheduled again; a drain that finds nothing costs one failed receive. Writability (a DEALER
+with no connected peer) is awaited with `wait_writable`. Everything runs on the loop's thread;
+no thread is started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import zmq
+
+__all__ = ["LoopSocket"]
+
+#: Messages handled in a row before the loop gets a turn.
+DEFAULT_BATCH = 64
+
+#: Receives a message's frames (`zmq.Frame`s, or bytes when `copy=True`).
+MessageCallback = Callable[[list[Any]], None]
+#: Told when the socket failed for good (closed under the reader, context terminated).
+ErrorCallback = Callable[[BaseException], None]
+
+
+class LoopSocket:
+    """Feeds every message of `sock` to `on_message` from the running loop (see module doc).
+
+    `on_message` runs synchronously and should not raise (an exception it lets through goes
+    to the loop's exception handler, and receiving goes on). `on_error` is told once when
+    the socket itself fails (receiving stops). With `on_message=None` nothing is received.
+    """
+
+    def __init__(
+        self,
+        sock: zmq.Socket[Any],
+        on_message: MessageCallback | None,
+        *,
+        on_error: ErrorCallback | None = None,
+        copy: bool = False,
+        batch: int = DEFAULT_BATCH,
+    ) -> None:
+        if batch < 1:
+            raise ValueError(f"batch must be at least 1, got {batch!r}")
+        self.sock = sock
+        self._on_message = on_message
+        self._on_error = on_error
+        self._copy = copy
+        self._batch = batch
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._fd: int | None = None
+        self._scheduled = False
+        self._writable: list[asyncio.Future[None]] = []
+        self._stopped = False
+
+    # -- life -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Watch the socket on the running loop and drain what already waits."""
+        if self._loop is not None:
+            return
+        self._loop = asyncio.get_running_loop()
+        fd = self.sock.getsockopt(zmq.FD)
+        assert isinstance(fd, int)
+        self._fd = fd
+        self._loop.add_reader(fd, self._readable)
+        self._schedule()
+
+    def stop(self) -> None:
+        """Stop watching (before the socket is closed); waiters for writability fail."""
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._loop is not None and self._fd is not None:
+            with contextlib.suppress(Exception):
+                self._loop.remove_reader(self._fd)
+        for waiter in self._writable:
+            if not waiter.done():
+                waiter.set_exception(zmq.ZMQError(zmq.ENOTSOCK, "socket stopped"))
+        self._writable.clear()
+
+    def close(self, linger: int = 0) -> None:
+        """Stop watching and close the socket."""
+        self.stop()
+        self.sock.close(linger=linger)
+
+    @property
+    def stopped(self) -> bool:
+        """True once `stop()` or `close()` was called, or the socket failed."""
+        return self._stopped
+
+    # -- sending --------------------------------------------------------------------------
+
+    def send(self, frames: Sequence[Any]) -> None:
+        """Send one message without blocking (`zmq.Again` if the socket cannot take it)."""
+        self.sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+        self._schedule()  # the send may have taken the edge that announced a reply
+
+    async def wait_writable(self, timeout: float) -> bool:
+        """Wait until a send would not block (a peer is connected and has room); False on
+        timeout."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not self._can_send():
+            remaining = deadline - loop.time()
+            if remaining <= 0 or self._stopped:
+                return False
+            waiter: asyncio.Future[None] = loop.create_future()
+            self._writable.append(waiter)
+            try:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(waiter), remaining)
+            finally:
+                with contextlib.suppress(ValueError):
+                    self._writable.remove(waiter)
+        return True
+
+    def _can_send(self) -> bool:
+        events = self.sock.getsockopt(zmq.EVENTS)
+        return bool(isinstance(events, int) and events & zmq.POLLOUT)
+
+    # -- receiving ------------------------------------------------------------------------
+
+    def _schedule(self) -> None:
+        if not self._scheduled and not self._stopped and self._loop is not None:
+            self._scheduled = True
+            self._loop.call_soon(self._drain)
+
+    def _readable(self) -> None:
+        if not self._scheduled:
+            self._scheduled = True
+            self._drain()
+
+    def _drain(self) -> None:
+        self._scheduled = False
+        if self._stopped:
+            return
+        sock = self.sock
+        try:
+            if self._on_message is not None:
+                for _ in range(self._batch):
+                    try:
+                        frames = sock.recv_multipart(flags=zmq.NOBLOCK, copy=self._copy)
+                    except zmq.Again:
+                        break
+                    try:
+                        self._on_message(frames)
+                    except Exception as exc:  # the callback's own failure; keep receiving
+                        self._loop_error("a LoopSocket message callback failed", exc)
+                    if self.stopped:  # the callback closed the socket
+                        return
+                else:
+                    self._schedule()  # more may wait: let the loop run other work first
+                    return
+            # Reading EVENTS re-arms the edge-triggered FD; a message that slipped in between
+            # the last receive and now is drained on the next turn.
+            events = sock.getsockopt(zmq.EVENTS)
+        except zmq.ZMQError as exc:
+            self.stop()
+            if self._on_error is not None:
+                self._on_error(exc)
+            else:
+                self._loop_error("a LoopSocket's socket failed", exc)
+            return
+        assert isinstance(events, int)
+        if events & zmq.POLLIN and self._on_message is not None:
+            self._schedule()
+        if events & zmq.POLLOUT and self._writable:
+            for waiter in self._writable:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    def _loop_error(self, message: str, exc: BaseException) -> None:
+        if self._loop is not None:
+            self._loop.call_exception_handler({"message": message, "exception": exc})
