@@ -8,8 +8,9 @@ wake-up drains every message waiting (non-blocking receives) into a synchronous 
 work. Sends are non-blocking calls made directly from the loop thread.
 
 `ZMQ_FD` is edge-triggered and shared by sends and receives: a send can consume the edge that
-announced an incoming message. So after every send, and whenever a drain stops early, a drain is
-scheduled again; a drain that finds nothing costs one failed receive. Writability (a DEALER
+announced an incoming message. So after a send made outside a drain, the socket's `EVENTS` are
+read (which re-arms the edge) and a drain is scheduled if a message waits; a drain ends the
+same way, and one that stops early schedules the next. Writability (a DEALER
 with no connected peer) is awaited with `wait_writable`. Everything runs on the loop's thread;
 no thread is started.
 """
@@ -61,6 +62,7 @@ class LoopSocket:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._fd: int | None = None
         self._scheduled = False
+        self._draining = False
         self._writable: list[asyncio.Future[None]] = []
         self._stopped = False
 
@@ -105,7 +107,12 @@ class LoopSocket:
     def send(self, frames: Sequence[Any]) -> None:
         """Send one message without blocking (`zmq.Again` if the socket cannot take it)."""
         self.sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
-        self._schedule()  # the send may have taken the edge that announced a reply
+        if self._draining or self._on_message is None:
+            return  # the drain under way reads EVENTS when it ends
+        # The send may have taken the edge that announced a message: look, which re-arms it.
+        events = self.sock.getsockopt(zmq.EVENTS)
+        if isinstance(events, int) and events & zmq.POLLIN:
+            self._schedule()
 
     async def wait_writable(self, timeout: float) -> bool:
         """Wait until a send would not block (a peer is connected and has room); False on
@@ -146,26 +153,14 @@ class LoopSocket:
         self._scheduled = False
         if self._stopped:
             return
-        sock = self.sock
+        self._draining = True
         try:
-            if self._on_message is not None:
-                for _ in range(self._batch):
-                    try:
-                        frames = sock.recv_multipart(flags=zmq.NOBLOCK, copy=self._copy)
-                    except zmq.Again:
-                        break
-                    try:
-                        self._on_message(frames)
-                    except Exception as exc:  # the callback's own failure; keep receiving
-                        self._loop_error("a LoopSocket message callback failed", exc)
-                    if self.stopped:  # the callback closed the socket
-                        return
-                else:
-                    self._schedule()  # more may wait: let the loop run other work first
-                    return
-            # Reading EVENTS re-arms the edge-triggered FD; a message that slipped in between
-            # the last receive and now is drained on the next turn.
-            events = sock.getsockopt(zmq.EVENTS)
+            exhausted = self._receive_batch()
+            if self._stopped:  # the callback stopped or closed the socket
+                return
+            # Reading EVENTS re-arms the edge-triggered FD (a message that slipped in after
+            # the last receive is drained on the next turn).
+            events = self.sock.getsockopt(zmq.EVENTS)
         except zmq.ZMQError as exc:
             self.stop()
             if self._on_error is not None:
@@ -173,13 +168,32 @@ class LoopSocket:
             else:
                 self._loop_error("a LoopSocket's socket failed", exc)
             return
+        finally:
+            self._draining = False
         assert isinstance(events, int)
-        if events & zmq.POLLIN and self._on_message is not None:
-            self._schedule()
+        if self._on_message is not None and (not exhausted or events & zmq.POLLIN):
+            self._schedule()  # more may wait: the loop runs its other work first
         if events & zmq.POLLOUT and self._writable:
             for waiter in self._writable:
                 if not waiter.done():
                     waiter.set_result(None)
+
+    def _receive_batch(self) -> bool:
+        """Hand up to `batch` waiting messages to the callback; True once none is left."""
+        if self._on_message is None:
+            return True
+        for _ in range(self._batch):
+            try:
+                frames = self.sock.recv_multipart(flags=zmq.NOBLOCK, copy=self._copy)
+            except zmq.Again:
+                return True
+            try:
+                self._on_message(frames)
+            except Exception as exc:  # the callback's own failure; keep receiving
+                self._loop_error("a LoopSocket message callback failed", exc)
+            if self.stopped:  # the callback stopped or closed the socket
+                return True
+        return False
 
     def _loop_error(self, message: str, exc: BaseException) -> None:
         if self._loop is not None:
