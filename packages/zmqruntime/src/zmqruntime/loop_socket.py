@@ -24,6 +24,8 @@ from typing import Any
 
 import zmq
 
+from zmqruntime.codec import copy_is_cheaper
+
 __all__ = ["LoopSocket"]
 
 #: Messages handled in a row before the loop gets a turn.
@@ -106,7 +108,7 @@ class LoopSocket:
 
     def send(self, frames: Sequence[Any]) -> None:
         """Send one message without blocking (`zmq.Again` if the socket cannot take it)."""
-        self.sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+        self.sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=copy_is_cheaper(frames))
         if self._draining or self._on_message is None:
             return  # the drain under way reads EVENTS when it ends
         # The send may have taken the edge that announced a message: look, which re-arms it.
@@ -156,7 +158,7 @@ class LoopSocket:
         self._draining = True
         try:
             exhausted = self._receive_batch()
-            if self._stopped:  # the callback stopped or closed the socket
+            if self.stopped:  # the callback stopped or closed the socket
                 return
             # Reading EVENTS re-arms the edge-triggered FD (a message that slipped in after
             # the last receive is drained on the next turn).

@@ -28,7 +28,7 @@ from typing import Any, Final, Self
 import zmq
 import zmq.asyncio
 
-from zmqruntime.codec import PROTOCOL_VERSION, TooLarge, WireCodec, WireError
+from zmqruntime.codec import PROTOCOL_VERSION, TooLarge, WireCodec, WireError, copy_is_cheaper
 from zmqruntime.connection import ConnectionInfo
 from zmqruntime.curve import (
     CurveAuthenticator,
@@ -86,7 +86,8 @@ SERVER_NAME: Final = "zmqruntime"
 EVENTS_SNDHWM: Final = 10_000
 #: Worker reports queued in the server before workers' sends start to wait.
 PROGRESS_RCVHWM: Final = 10_000
-#: How long a finished attempt waits for its reports still in flight, before its end state.
+#: How long a finished attempt waits for the next of its reports still in flight (counted
+#: from the last one that arrived) before its end state is recorded without them.
 REPORT_GRACE_SECONDS: Final = 1.0
 #: Bounded grace at the final close so the shutdown reply and last events get out.
 FINAL_LINGER_MS: Final = 1000
@@ -404,7 +405,7 @@ class ExecutionServer:
         )
         # A PUB send never waits: beyond SNDHWM a slow subscriber's events are dropped, which
         # it sees as a gap in `seq` and repairs from a status snapshot.
-        self._events.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+        self._events.send_multipart(frames, flags=zmq.NOBLOCK, copy=copy_is_cheaper(frames))
 
     def _reply(self, identity: Any, message: Message, request_id: str | None) -> None:
         assert self._control is not None
@@ -539,24 +540,36 @@ class ExecutionServer:
         )
 
     async def _await_reports(self, execution_id: str, expected: int) -> None:
-        """Wait (briefly) until the attempt's reports have all arrived, so none lands after
-        its end state; a report lost on the way only costs `REPORT_GRACE_SECONDS`."""
+        """Wait until the attempt's reports have all arrived, so none lands after its end
+        state. The wait ends `REPORT_GRACE_SECONDS` after the last report that did arrive: a
+        backlog still flowing in (a flood of progress) is waited out, while a report lost on
+        the way only costs the grace period."""
         record = self.scheduler.lifecycle.get(execution_id)
         if record is None or record.status.is_terminal:
             return  # its outcome will be ignored anyway
-        if self.scheduler.reports_seen(execution_id) >= expected:
+        seen = self.scheduler.reports_seen(execution_id)
+        if seen >= expected:
             return
         event = self._report_waiters.setdefault(execution_id, asyncio.Event())
         loop = asyncio.get_running_loop()
         deadline = loop.time() + REPORT_GRACE_SECONDS
-        while self.scheduler.reports_seen(execution_id) < expected:
+        while seen < expected:
             remaining = deadline - loop.time()
             if remaining <= 0:
-                log.info("reports of %s still missing after the grace period", execution_id)
+                log.info(
+                    "%d of %d reports of %s missing after the grace period",
+                    expected - seen,
+                    expected,
+                    execution_id,
+                )
                 return
             event.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(event.wait(), remaining)
+            now_seen = self.scheduler.reports_seen(execution_id)
+            if now_seen > seen:  # still flowing in: the grace restarts from this report
+                seen = now_seen
+                deadline = loop.time() + REPORT_GRACE_SECONDS
 
     def _pool_broken(self, generation: int, exc: BaseException) -> None:
         """The executor of `generation` broke: sort its attempts into lost and finished."""
