@@ -38,6 +38,21 @@ def finished_at(ctx: JobContext) -> Any:
     return {"finished_at": time.time()}
 
 
+def _report_one(ctx: JobContext, i: int, n: int, axes: list[str]) -> None:
+    """Progress update `i` of `n`, on well `axes[i % len(axes)]`."""
+    ctx.progress(
+        plate_id="plate",
+        axis_id=axes[i % len(axes)],
+        step_name="step",
+        step_index=0,
+        total_steps=1,
+        phase=Phase.PATTERN_GROUP,
+        status=ProgressStatus.RUNNING,
+        completed=i + 1,
+        total=n,
+    )
+
+
 def paced_report(ctx: JobContext) -> Any:
     """Report `params.n` progress updates over `params.axes` wells at `params.rate` per
     second (a flood the server can follow, so updates go through rather than being dropped
@@ -51,17 +66,17 @@ def paced_report(ctx: JobContext) -> Any:
             ahead = start + i / rate - time.monotonic()
             if ahead > 0:
                 time.sleep(ahead)
-        ctx.progress(
-            plate_id="plate",
-            axis_id=axes[i % len(axes)],
-            step_name="step",
-            step_index=0,
-            total_steps=1,
-            phase=Phase.PATTERN_GROUP,
-            status=ProgressStatus.RUNNING,
-            completed=i + 1,
-            total=n,
-        )
+        _report_one(ctx, i, n, axes)
+    return {"sent": ctx.reports_sent}
+
+
+def flood_report(ctx: JobContext) -> Any:
+    """Report `params.n` progress updates over `params.axes` wells as fast as the worker
+    can; returns how many the transport accepted (the rest were dropped at the source)."""
+    n = int(ctx.params["n"])
+    axes = [str(a) for a in ctx.params["axes"]]
+    for i in range(n):
+        _report_one(ctx, i, n, axes)
     return {"sent": ctx.reports_sent}
 
 
@@ -69,6 +84,7 @@ HANDLERS = {
     "compile": compile_plate,
     "execute": execute_plate,
     "finished_at": finished_at,
+    "flood_report": flood_report,
     "paced_report": paced_report,
 }
 
