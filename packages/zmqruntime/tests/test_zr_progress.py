@@ -105,3 +105,22 @@ def test_from_wire_refuses_a_non_object() -> None:
     with pytest.raises(SchemaError) as caught:
         ProgressUpdate.from_wire([EXAMPLE])  # type: ignore[arg-type]
     assert caught.value.path == "progress"
+
+
+@pytest.mark.parametrize("extra", [{}, {"message": "m", "pattern": "p", "error": "e"}])
+def test_with_seq_is_evolve_without_revalidation(extra: dict[str, str]) -> None:
+    import attrs
+
+    update = attrs.evolve(ProgressUpdate.from_wire(EXAMPLE), **extra)
+    stamped = update.with_seq(41)
+    expected = attrs.evolve(update, seq=41)
+    assert stamped == expected
+    assert stamped.to_wire() == expected.to_wire()
+    assert hash(stamped) == hash(expected)
+    assert update.seq == EXAMPLE["seq"]  # the original is untouched
+
+
+@pytest.mark.parametrize("seq", [-1, 1.0, True, "3", None])
+def test_with_seq_refuses_a_bad_seq(seq: object) -> None:
+    with pytest.raises(SchemaError, match="seq"):
+        ProgressUpdate.from_wire(EXAMPLE).with_seq(seq)  # type: ignore[arg-type]
