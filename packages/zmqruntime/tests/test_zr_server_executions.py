@@ -300,15 +300,18 @@ def test_compile_artifacts_are_used_and_expire() -> None:
             record = await final(peer, run.execution_id)
             assert record.result == {"executed": ["blur", "count"], "compile_only": False}
             assert record.compile_artifact_id == artifact_id
-            # Expires between submission and start: the execution fails artifact_missing.
+            # Expires before it is handed to a worker: the execution fails artifact_missing.
+            # (The one worker runs a blocker and holds the next attempt, a second blocker.)
             blocker = await submit(peer, "wait_for_cancel")
             await started_pid(peer, blocker)
+            held = await submit(peer, "wait_for_cancel")
             late = await peer.request(
                 Submit(handler="execute", params={}, compile_artifact_id=artifact_id)
             )
             assert isinstance(late, SubmitReply)
-            assert late.queue_position == 1
+            assert late.queue_position == 2
             clock.now += 61.0
+            await cancel(peer, held)
             await cancel(peer, blocker)
             expired = await final(peer, late.execution_id)
             assert expired.status is S.FAILED

@@ -395,6 +395,8 @@ class ExecutionClient:
                 ) from None
         finally:
             self._pending.pop(request_id, None)
+            if future.done() and not future.cancelled():
+                future.exception()  # failed by close() or the monitor after we stopped waiting
         assert isinstance(reply, Envelope)
         if isinstance(reply.message, ErrorReply):
             error = reply.message
@@ -416,6 +418,8 @@ class ExecutionClient:
                 pass
             remaining = deadline - loop.time()
             if remaining <= 0 or not await control.wait_writable(remaining):
+                if self._closed:
+                    raise ClientClosed("client closed while waiting for the server")
                 raise ServerUnavailable(
                     f"no server reachable at {self.info.control} within {connect_timeout:g} s"
                 )

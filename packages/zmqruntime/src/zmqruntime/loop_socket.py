@@ -4,7 +4,8 @@
 on a two-core machine that overhead, per small message, was as large as decoding and checking
 the message itself. Here the socket's `ZMQ_FD` is watched with `loop.add_reader`, and each
 wake-up drains every message waiting (non-blocking receives) into a synchronous callback, up to
-`batch` messages in a row before yielding to the loop so a flood never starves the loop's other
+`batch` messages in a row before yielding to the loop (at most `2 * batch - 1` when a wake-up
+and a scheduled drain fall in one turn) so a flood never starves the loop's other
 work. Sends are non-blocking calls made directly from the loop thread.
 
 `ZMQ_FD` is edge-triggered and shared by sends and receives: a send can consume the edge that
@@ -82,7 +83,7 @@ class LoopSocket:
         self._schedule()
 
     def stop(self) -> None:
-        """Stop watching (before the socket is closed); waiters for writability fail."""
+        """Stop watching (before the socket is closed); `wait_writable` returns False."""
         if self._stopped:
             return
         self._stopped = True
@@ -91,7 +92,7 @@ class LoopSocket:
                 self._loop.remove_reader(self._fd)
         for waiter in self._writable:
             if not waiter.done():
-                waiter.set_exception(zmq.ZMQError(zmq.ENOTSOCK, "socket stopped"))
+                waiter.set_result(None)
         self._writable.clear()
 
     def close(self, linger: int = 0) -> None:
@@ -111,19 +112,16 @@ class LoopSocket:
         self.sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=copy_is_cheaper(frames))
         if self._draining or self._on_message is None:
             return  # the drain under way reads EVENTS when it ends
-        # The send may have taken the edge that announced a message: look, which re-arms it.
-        events = self.sock.getsockopt(zmq.EVENTS)
-        if isinstance(events, int) and events & zmq.POLLIN:
-            self._schedule()
+        self._events()  # the send may have taken the edge that announced a message
 
     async def wait_writable(self, timeout: float) -> bool:
         """Wait until a send would not block (a peer is connected and has room); False on
-        timeout."""
+        timeout or once the socket is stopped."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while not self._can_send():
+        while not self._stopped and not self._events() & zmq.POLLOUT:
             remaining = deadline - loop.time()
-            if remaining <= 0 or self._stopped:
+            if remaining <= 0:
                 return False
             waiter: asyncio.Future[None] = loop.create_future()
             self._writable.append(waiter)
@@ -133,11 +131,16 @@ class LoopSocket:
             finally:
                 with contextlib.suppress(ValueError):
                     self._writable.remove(waiter)
-        return True
+        return not self._stopped
 
-    def _can_send(self) -> bool:
+    def _events(self) -> int:
+        """The socket's `EVENTS`. Reading them re-arms the edge-triggered FD, so a message
+        found waiting is drained on the next turn (no new edge would announce it)."""
         events = self.sock.getsockopt(zmq.EVENTS)
-        return bool(isinstance(events, int) and events & zmq.POLLOUT)
+        assert isinstance(events, int)
+        if events & zmq.POLLIN and self._on_message is not None and not self._draining:
+            self._schedule()
+        return events
 
     # -- receiving ------------------------------------------------------------------------
 

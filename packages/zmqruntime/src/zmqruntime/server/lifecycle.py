@@ -4,10 +4,13 @@ Every record is a frozen `ExecutionRecord`; a change replaces it whole, so statu
 error and timestamps are always seen together (never a `complete` record without its result).
 A change is applied only if `LEGAL_TRANSITIONS` allows it: terminal states are sticky, and a
 refused transition is logged and leaves the record as it was. The queue of waiting executions
-lives here too, so queue positions always agree with the records. Memory is bounded: beyond
-`max_records` the oldest terminal records are evicted (their ids are reported so caches keyed
-by execution can be dropped too), and `is_full` tells the caller to refuse new work when every
-record is still live.
+lives here too, so queue positions always agree with the records. A queued execution can be
+*taken* for dispatch (`take_next`): it stays `queued` and keeps its place in the queue
+(positions count it) until a worker starts it (`start`) or it is cancelled, and is never taken
+twice; the untaken part of the queue is kept apart so the next one is found in O(1). Memory is
+bounded: beyond `max_records` the oldest terminal records are evicted (their ids are reported
+so caches keyed by execution can be dropped too), and `is_full` tells the caller to refuse new
+work when every record is still live.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ class Lifecycle:
         self._clock = clock
         self._records: dict[str, ExecutionRecord] = {}
         self._queue: OrderedDict[str, None] = OrderedDict()
+        self._untaken: OrderedDict[str, None] = OrderedDict()
         self._running: OrderedDict[str, None] = OrderedDict()
         self._terminal: OrderedDict[str, None] = OrderedDict()
         self._evicted: list[str] = []
@@ -81,8 +85,12 @@ class Lifecycle:
         return len(self._queue)
 
     def next_queued(self) -> str | None:
-        """The id at the head of the queue, without removing it."""
+        """The id at the head of the queue (taken or not), without removing it."""
         return next(iter(self._queue), None)
+
+    def is_taken(self, execution_id: str) -> bool:
+        """True for a queued execution already taken for dispatch (see `take_next`)."""
+        return execution_id in self._queue and execution_id not in self._untaken
 
     @property
     def live_count(self) -> int:
@@ -129,8 +137,20 @@ class Lifecycle:
         )
         self._records[execution_id] = record
         self._queue[execution_id] = None
+        self._untaken[execution_id] = None
         self._evict()
         return record
+
+    def take_next(self) -> str | None:
+        """The oldest queued execution not yet taken for dispatch, now marked taken; O(1).
+
+        Not a status change: the record stays `queued` at its queue position until `start`
+        (its worker began) or `cancel`. None when every queued execution is already taken.
+        """
+        if not self._untaken:
+            return None
+        execution_id, _ = self._untaken.popitem(last=False)
+        return execution_id
 
     def restore(self, record: ExecutionRecord) -> None:
         """Put back a finished record of a previous run (from the journal), as the newest."""
@@ -141,9 +161,15 @@ class Lifecycle:
         self._terminal[record.execution_id] = None
         self._evict()
 
-    def start(self, execution_id: str) -> ExecutionRecord | None:
-        """`queued → running`: leaves the queue; `started_at` is now."""
-        return self._transition(execution_id, ExecutionStatus.RUNNING, started_at=self._clock())
+    def start(self, execution_id: str, worker_pid: int | None = None) -> ExecutionRecord | None:
+        """`queued → running`, leaving the queue: `started_at` is now and `worker_pid` the
+        process that runs it (None if unknown), in one replacement."""
+        return self._transition(
+            execution_id,
+            ExecutionStatus.RUNNING,
+            started_at=self._clock(),
+            worker_pid=worker_pid,
+        )
 
     def complete(self, execution_id: str, result: Any) -> ExecutionRecord | None:
         """`running → complete` with its result, in one replacement."""
@@ -189,6 +215,7 @@ class Lifecycle:
         updated = attrs.evolve(record, status=target, **changes)
         self._records[execution_id] = updated
         self._queue.pop(execution_id, None)
+        self._untaken.pop(execution_id, None)
         if target is ExecutionStatus.RUNNING:
             self._running[execution_id] = None
         else:

@@ -8,9 +8,16 @@ values and *effects* (`Publish`, `KillWorker`) that the I/O layer drains and car
 order. Being synchronous and free of sockets, it can be driven step by step by a Hypothesis
 state machine that checks every record change against `LEGAL_TRANSITIONS`.
 
-Slots: at most `slots` attempts are in flight on the executor. A slot is held until the
+Slots: at most `slots` attempts are in flight on the executor, which may be more than it has
+workers (the server prefetches a few, so a worker finds its next job waiting instead of idling
+for a round trip). Dispatching an attempt does not start its execution: the record stays
+`queued`, at its queue position, until the attempt's worker reports `worker_started`; only then
+is it `running` (with `started_at` and `worker_pid` in the same record). An outcome or a pool
+breakage that arrives before that report (lost, or still on its way) moves the record through
+`running` to its end state in one step, publishing only the end. A slot is held until the
 executor reports on the attempt (its result, or the pool breaking), even if the execution was
-cancelled meanwhile: its worker is still busy, and counting it keeps queue positions exact.
+cancelled meanwhile: its worker may be busy with it, and a cancelled attempt that has not
+started still sits in the executor's queue until a worker takes it and sees the notice.
 """
 
 from __future__ import annotations
@@ -289,6 +296,8 @@ class ExecutionScheduler:
             return False
         self._ended(record)
         if execution_id in self._inflight:
+            # Running, or dispatched and not yet started: the worker checks the notice before
+            # it starts the handler; the slot stays held until the executor reports.
             self._cancel_pending[execution_id] = force
             self._effects.append(
                 Publish(CANCEL_TOPIC, CancelNotice(execution_id=execution_id, force=force))
@@ -315,14 +324,16 @@ class ExecutionScheduler:
     def begin_shutdown(self, *, force: bool) -> list[str]:
         """Stop accepting work and cancel the queue (and, if forced, what runs); returns ids.
 
+        Everything still queued is cancelled, whether dispatched to the executor or not.
         Graceful: running executions (including ones waiting to restart after a pool breakage)
-        go on to their end. Forced: they are cancelled too and their workers ended.
+        go on to their end. Forced: they are cancelled too and their workers ended (a
+        dispatched attempt whose worker has not reported yet is ended when it does).
         """
         self.accepting = False
         cancelled: list[str] = []
         message = "server shutting down" + (" (forced)" if force else "")
         for record in self.lifecycle.queued():
-            if self._cancel(record.execution_id, _error(ErrorCode.CANCELLED, message), force=False):
+            if self._cancel(record.execution_id, _error(ErrorCode.CANCELLED, message), force=force):
                 cancelled.append(record.execution_id)
         if force:
             self.forced = True
@@ -377,7 +388,8 @@ class ExecutionScheduler:
         return busy
 
     def in_flight(self) -> list[tuple[str, int]]:
-        """`(execution_id, attempt)` of every attempt on the executor, in dispatch order."""
+        """`(execution_id, attempt)` of every attempt on the executor (started or still
+        queued there), in dispatch order."""
         return list(self._inflight.items())
 
     # -- the executor side ----------------------------------------------------------------
@@ -386,21 +398,22 @@ class ExecutionScheduler:
         """The next attempt to submit, if a slot is free and work is waiting; else None.
 
         Executions restarting after a pool breakage go first, in their original order; then
-        the queue in FIFO order (never while shutting down). Starting an execution whose
-        compile artifact expired meanwhile fails it with `artifact_missing`.
+        the queue in FIFO order, skipping what is already dispatched (never while shutting
+        down); amortised O(1). The record stays `queued` until `worker_started`. Dispatching
+        an execution whose compile artifact expired meanwhile fails it with `artifact_missing`.
         """
         while len(self._inflight) < self.slots:
             if self._restart:
                 execution_id = self._restart.popleft()
-            elif self.accepting and (head := self.lifecycle.next_queued()) is not None:
+            elif self.accepting and (head := self.lifecycle.take_next()) is not None:
                 execution_id = head
-                if not self._start(execution_id):
+                if not self._load_artifact(execution_id):
                     continue
             else:
                 return None
             record = self.lifecycle.get(execution_id)
             job = self._jobs.get(execution_id)
-            if record is None or job is None or record.status is not ExecutionStatus.RUNNING:
+            if record is None or job is None or record.status.is_terminal:
                 continue
             self._attempts += 1
             self._inflight[execution_id] = self._attempts
@@ -417,11 +430,11 @@ class ExecutionScheduler:
             )
         return None
 
-    def _start(self, execution_id: str) -> bool:
-        record = self.lifecycle.start(execution_id)
-        if record is None:
+    def _load_artifact(self, execution_id: str) -> bool:
+        """Give a job its compile artifact; False (and the execution failed) if it expired."""
+        record = self.lifecycle.get(execution_id)
+        if record is None or execution_id not in self._jobs:
             return False
-        self._publish_record(record)
         artifact_id = record.compile_artifact_id
         if artifact_id is None:
             return True
@@ -440,14 +453,25 @@ class ExecutionScheduler:
         return False
 
     def worker_started(self, execution_id: str, pid: int) -> None:
-        """A worker reports it began running this execution's handler."""
+        """A worker reports it began running this execution's attempt in process `pid`.
+
+        A queued record becomes `running` with its pid (one record, one event); a running one
+        (restarted after a pool breakage) gets the new pid; a cancelled one whose cancel was
+        forced gets its worker ended.
+        """
         job = self._jobs.get(execution_id)
         if job is None or execution_id not in self._inflight:
             self.counters.progress_dropped += 1
             return
         job.reports_seen += 1
         job.pid = pid
-        self.lifecycle.set_worker(execution_id, pid)
+        record = self.lifecycle.get(execution_id)
+        if record is not None and record.status is ExecutionStatus.QUEUED:
+            started = self.lifecycle.start(execution_id, worker_pid=pid)
+            if started is not None:
+                self._publish_record(started)
+        else:
+            self.lifecycle.set_worker(execution_id, pid)
         if job.kill_when_started:
             self._effects.append(KillWorker(pid, execution_id))
 
@@ -468,7 +492,7 @@ class ExecutionScheduler:
             return False
         track = self._tracks.setdefault(execution_id, _Track())
         track.seq += 1
-        stamped = attrs.evolve(update, seq=track.seq)
+        stamped = update.with_seq(track.seq)
         track.latest = stamped
         if stamped.axis_id:  # plate-level phases (empty axis) are not an axis of their own
             track.axes.pop(stamped.axis_id, None)
@@ -496,11 +520,29 @@ class ExecutionScheduler:
             return None
         return self._jobs.get(execution_id)
 
+    def _through_running(self, execution_id: str, pid: int | None = None) -> None:
+        """Make a live record `running` (with `pid`, if known) without publishing it: its end
+        state follows in the same step and only that is published. A record still `queued`
+        is started now: its worker's `worker_started` report was lost or is still on its way,
+        or the attempt never reached a worker."""
+        record = self.lifecycle.get(execution_id)
+        if record is None:
+            return
+        if record.status is ExecutionStatus.QUEUED:
+            self.lifecycle.start(execution_id, worker_pid=pid)
+        elif pid is not None:
+            self.lifecycle.set_worker(execution_id, pid)
+
     def finish(self, execution_id: str, attempt: int, outcome: JobOutcome) -> None:
-        """The executor returned this attempt's outcome; record it unless already terminal."""
+        """The executor returned this attempt's outcome; record it unless already terminal.
+
+        A record still `queued` (its worker's report not handled) goes through `running` to
+        its end state; one event is published.
+        """
         if self._settle(execution_id, attempt) is None:
             return
         self._jobs.pop(execution_id, None)
+        self._through_running(execution_id)
         if outcome["kind"] == "complete":
             try:
                 record = self.lifecycle.complete(execution_id, outcome["result"])
@@ -523,7 +565,9 @@ class ExecutionScheduler:
         else:
             self._ended(self.lifecycle.fail(execution_id, error))
 
-    def _fail(self, execution_id: str, error: ErrorInfo) -> None:
+    def _fail(self, execution_id: str, error: ErrorInfo, pid: int | None = None) -> None:
+        """Fail an execution, through `running` if it is still queued (one event)."""
+        self._through_running(execution_id, pid)
         self._ended(self.lifecycle.fail(execution_id, error))
 
     def _ended(self, record: ExecutionRecord | None) -> None:
@@ -545,23 +589,44 @@ class ExecutionScheduler:
         """The executor lost these attempts (its pool broke); `dead`: pid → how it died.
 
         An execution whose own worker is among the dead fails with `worker_lost`. The others
-        were only caught in the breakage: they restart on the next pool, first and in order,
-        unless they were already caught `max_losses` times (then they fail too).
+        were only caught in the breakage: they are dispatched again first, in their original
+        order, and one caught `max_losses` times fails too. Only an attempt that had started
+        (record `running`) counts as caught. One that never started (record still `queued`:
+        no worker reported it) did not run, so it restarts for free, provided the breakage is
+        explained: the known worker of a lost attempt is among the dead (its handler crashed
+        it, or a forced cancel ended it; the attempt may be cancelled meanwhile). An
+        unexplained breakage (no dead worker, or only ones nobody is known to have used)
+        counts against every lost attempt: a handler that ends its process before its
+        `worker_started` report gets out may be any of them, and a pool that keeps breaking
+        must not be restarted forever.
+
+        A dead pid nobody claims is attributed only when that is unambiguous: to the one
+        attempt restarted after an earlier breakage whose new worker has not reported (record
+        `running`, pid unknown), if there is exactly one; if there is none, to the only
+        attempt in flight at all. Among several dispatched attempts without reports it cannot
+        be told which one ran in the dead process: none is blamed (unexplained, see above).
         """
-        settled: list[tuple[str, _Job]] = []
+        in_flight = len(self._inflight)
+        claimed: set[int] = set()  # workers known to run a lost attempt, cancelled or not
+        settled: list[tuple[str, _Job, bool]] = []
         for execution_id, attempt in attempts:
+            known = self._jobs.get(execution_id)
+            if self._inflight.get(execution_id) == attempt and known and known.pid is not None:
+                claimed.add(known.pid)
             job = self._settle(execution_id, attempt)
             if job is not None:
-                settled.append((execution_id, job))
-        # A worker can die before its worker_started report got out (a handler that ends its
-        # process at once). If exactly one lost attempt has no known pid and some dead pid is
-        # nobody's, that attempt ran there.
-        claimed = {job.pid for _, job in settled if job.pid is not None}
+                record = self.lifecycle.get(execution_id)
+                started = record is not None and record.status is ExecutionStatus.RUNNING
+                settled.append((execution_id, job, started))
         unclaimed = sorted(pid for pid in dead if pid not in claimed)
-        anonymous = [job for _, job in settled if job.pid is None]
-        if len(anonymous) == 1 and len(unclaimed) == 1:
-            anonymous[0].pid = unclaimed[0]
-        for execution_id, job in settled:
+        suspects = [job for _, job, started in settled if started and job.pid is None]
+        if not suspects and in_flight == 1:
+            suspects = [job for _, job, _ in settled if job.pid is None]
+        if len(suspects) == 1 and len(unclaimed) == 1:
+            suspects[0].pid = unclaimed[0]
+            claimed.add(unclaimed[0])
+        explained = any(pid in dead for pid in claimed)
+        for execution_id, job, started in settled:
             if job.pid is not None and job.pid in dead:
                 self._jobs.pop(execution_id, None)
                 self._fail(
@@ -571,20 +636,22 @@ class ExecutionScheduler:
                         f"worker process {job.pid} {dead[job.pid]} while running "
                         f"execution {execution_id}",
                     ),
+                    pid=job.pid,
                 )
                 continue
-            job.losses += 1
-            if job.losses >= self.max_losses:
-                self._jobs.pop(execution_id, None)
-                self._fail(
-                    execution_id,
-                    _error(
-                        ErrorCode.WORKER_LOST,
-                        f"the worker pool broke {job.losses} times while execution "
-                        f"{execution_id} was on it (last: {cause})",
-                    ),
-                )
-                continue
+            if started or not explained:
+                job.losses += 1
+                if job.losses >= self.max_losses:
+                    self._jobs.pop(execution_id, None)
+                    self._fail(
+                        execution_id,
+                        _error(
+                            ErrorCode.WORKER_LOST,
+                            f"the worker pool broke {job.losses} times while execution "
+                            f"{execution_id} was on it (last: {cause})",
+                        ),
+                    )
+                    continue
             job.pid = None
             self.lifecycle.set_worker(execution_id, None)
             self._restart.append(execution_id)

@@ -96,6 +96,10 @@ FINAL_LINGER_MS: Final = 1000
 RECORD_ALLOWANCE: Final = 4096
 #: A forced shutdown waits this long for executions it cannot kill (thread executors).
 FORCED_GRACE_SECONDS: Final = 10.0
+#: Attempts on the default process pool per worker: one runs, the others wait there (still
+#: `queued`) so a worker starts its next job without waiting for a round trip through the
+#: server. Other executors get one per worker.
+PREFETCH: Final = 2
 #: A loop reading a socket yields to the others after this many messages in a row.
 FAIRNESS_BATCH: Final = 64
 
@@ -150,7 +154,9 @@ class ExecutionServer:
         extra: dict[str, Any] = {} if clock is None else {"clock": clock}
         self.scheduler = ExecutionScheduler(
             self.handlers,
-            slots=self.workers,
+            # Only our own process pool gets attempts ahead: another executor (Dask) queues
+            # and schedules by itself, and a task waiting on one of its workers dies with it.
+            slots=self.workers * (PREFETCH if executor_factory is None else 1),
             max_records=max_records,
             artifact_ttl=artifact_ttl,
             heartbeat_interval=heartbeat_interval,
