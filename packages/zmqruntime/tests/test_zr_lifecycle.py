@@ -841,3 +841,29 @@ class SchedulerMachine(RuleBasedStateMachine):
 
 TestSchedulerMachine = SchedulerMachine.TestCase
 TestSchedulerMachine.settings = settings(max_examples=150, stateful_step_count=50, deadline=None)
+
+
+def test_status_snapshots_are_reused_only_while_current() -> None:
+    sched = make_scheduler(slots=1)
+    eid = sched.submit(Submit(handler="h", params={})).execution_id
+    first = sched.status_of(eid)
+    assert sched.status_of(eid) is first  # nothing changed: the same reply
+    dispatch = sched.next_dispatch()
+    assert dispatch is not None
+    sched.worker_started(eid, 4242)
+    started = sched.status_of(eid)
+    assert started.execution.status is ExecutionStatus.RUNNING
+    assert started.execution.worker_pid == 4242 and started.seq == first.seq + 1
+    assert sched.progress(progress_for(eid, "B02", 3))
+    with_progress = sched.status_of(eid)
+    assert with_progress.seq == started.seq + 1
+    assert with_progress.latest_progress is not None
+    assert [u.axis_id for u in with_progress.axes] == ["B02"]
+    # A record change that publishes nothing (a restarted attempt's worker) is still seen.
+    sched.lifecycle.set_worker(eid, 777)
+    assert sched.status_of(eid).execution.worker_pid == 777
+    sched.finish(
+        eid, dispatch.attempt, {"kind": "complete", "result": 1, "error": None, "reports": 2}
+    )
+    final = sched.status_of(eid)
+    assert final.execution.status is ExecutionStatus.COMPLETE and final.seq == with_progress.seq + 1

@@ -67,6 +67,8 @@ _Reply = TypeVar("_Reply")
 
 #: The event reader yields to the loop after this many events in a row.
 _FAIRNESS_BATCH = 64
+#: Events queued in the client's SUB socket before the server's queue takes over.
+_EVENTS_RCVHWM = 10_000
 #: How many executions the gap detector remembers; the oldest are forgotten first.
 _TRACKED_EXECUTIONS = 4096
 
@@ -219,7 +221,9 @@ class ExecutionClient:
         if self._subscribe_events:
             events = self._ctx.socket(zmq.SUB)
             events.setsockopt(zmq.LINGER, 0)
-            events.setsockopt(zmq.RCVHWM, 100_000)
+            # Events beyond this wait in the server's queue (EVENTS_SNDHWM), then are dropped
+            # there; a gap is resynced. 100,000 here held 230 MiB for a stalled reader.
+            events.setsockopt(zmq.RCVHWM, _EVENTS_RCVHWM)
             events.setsockopt(zmq.SUBSCRIBE, b"")
             self._apply_curve(events)
             events.connect(self.info.events)

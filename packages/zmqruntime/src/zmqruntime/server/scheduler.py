@@ -132,6 +132,8 @@ class _Track:
     seq: int = 0
     latest: ProgressUpdate | None = None
     axes: OrderedDict[str, ProgressUpdate] = attrs.field(factory=OrderedDict)
+    #: The last status reply built, reused while its record and `seq` are still current.
+    snapshot: StatusReply | None = None
 
 
 def _error(code: ErrorCode, message: str, traceback: str | None = None) -> ErrorInfo:
@@ -271,12 +273,18 @@ class ExecutionScheduler:
         """One execution's record, newest progress (overall and per axis) and last `seq`."""
         record = self._known(execution_id)
         track = self._tracks.get(execution_id) or _Track()
-        return StatusReply(
+        # Every change of the progress caches bumps `seq`; a record can change without it
+        # (a restarted attempt's pid), hence the identity check. Pollers ask again and again.
+        cached = track.snapshot
+        if cached is not None and cached.execution is record and cached.seq == track.seq:
+            return cached
+        track.snapshot = StatusReply(
             execution=record,
             latest_progress=track.latest,
             axes=tuple(track.axes.values()),
             seq=track.seq,
         )
+        return track.snapshot
 
     def cancel(self, execution_id: str, *, force: bool = False) -> CancelReply:
         """Cancel this execution only (see docs/protocol.md §5 `cancel`)."""
