@@ -2,9 +2,10 @@
 
 - Ours: a real server process (`start_server_process`, 2 worker processes) running the
   sample `echo` handler with empty params, driven by `ExecutionClient` in this process. Two
-  ways a program waits: the `BatchSubmitWaitEngine` (submit each, then `ExecutionClient.wait`
-  on every execution concurrently: event-woken, poll-confirmed — what the workflow service
-  does), and submit all (pipelined, in order), then wait for every terminal event on the stream.
+  ways a program waits: the `BatchSubmitWaitEngine` (submit each, 64 submissions in flight
+  in job order, then `ExecutionClient.wait` on every execution concurrently: looked at once,
+  then answered by its `execution` events — what the workflow service does), and submit
+  all (pipelined, in order), then wait for every terminal event on the stream.
 - The limit: `concurrent.futures.ProcessPoolExecutor(2)` used directly (no server, no
   network, pickled calls).
 - Peers: Dask distributed `LocalCluster(n_workers=2, threads_per_worker=1, processes=True)`
@@ -130,7 +131,8 @@ def _ipyparallel() -> Iterator[Batch]:
 
 
 async def _engine_batch(info: ConnectionInfo, jobs: int) -> float:
-    """Submit each, then `ExecutionClient.wait` on all concurrently (the engine)."""
+    """Submit each (64 in flight, in job order), then `ExecutionClient.wait` on all
+    concurrently (the engine)."""
     async with ExecutionClient(info) as client:
         await client.ping()
 
@@ -143,7 +145,7 @@ async def _engine_batch(info: ConnectionInfo, jobs: int) -> float:
                 raise RuntimeError(f"{execution_id}: {outcome.reason}")
 
         policy: CallbackBatchSubmitWaitPolicy[int] = CallbackBatchSubmitWaitPolicy(
-            submit_fn=submit, wait_fn=wait, job_key_fn=str
+            submit_fn=submit, wait_fn=wait, job_key_fn=str, max_concurrent_submits_value=64
         )
         start = time.perf_counter()
         result = await BatchSubmitWaitEngine().run(range(jobs), policy)

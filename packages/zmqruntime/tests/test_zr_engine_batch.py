@@ -526,3 +526,50 @@ def test_run_blocking_without_a_loop() -> None:
     result = BatchSubmitWaitEngine().run_blocking(iter([1, 2]), MinimalPolicy())
     assert result.all_ok
     assert [o.key for o in result.outcomes] == ["1", "2"]
+
+
+@asyncio_test
+async def test_a_submission_window_starts_in_job_order_and_stops_at_a_failure() -> None:
+    started: list[int] = []
+    in_flight = peak = 0
+    release = asyncio.Event()
+
+    async def submit(job: int) -> str:
+        nonlocal in_flight, peak
+        started.append(job)
+        in_flight += 1
+        peak = max(peak, in_flight)
+        try:
+            if job == 5:
+                raise RuntimeError("refused")
+            await release.wait()  # every submission in the window is in flight together
+            return f"s{job}"
+        finally:
+            in_flight -= 1
+
+    async def wait(submission_id: str, job: int) -> None:
+        return None
+
+    aborted: list[str] = []
+    policy = CallbackBatchSubmitWaitPolicy(
+        submit_fn=submit,
+        wait_fn=wait,
+        job_key_fn=str,
+        max_concurrent_submits_value=4,
+        on_abort_fn=lambda job, sid: aborted.append(sid),
+    )
+    run = asyncio.create_task(BatchSubmitWaitEngine().run(range(12), policy))
+    while len(started) < 4:
+        await asyncio.sleep(0)
+    assert started == [0, 1, 2, 3] and peak == 4  # the window is full; nothing more starts
+    release.set()
+    with pytest.raises(BatchAborted) as caught:
+        await run
+    result = caught.value.result
+    # Started in order; the failing submission (job 5) stopped any further start.
+    assert started == list(range(len(started))) and started[-1] >= 5
+    assert caught.value.cause.key == "5"
+    kinds = {o.key: o.kind for o in result.outcomes}
+    assert kinds["5"] is JobOutcomeKind.FAILED
+    assert all(kinds[str(j)] is JobOutcomeKind.NOT_SUBMITTED for j in range(12) if j not in started)
+    assert sorted(aborted) == sorted(f"s{j}" for j in started if j != 5)

@@ -126,3 +126,47 @@ def test_poller_reports_lost_within_its_liveness_timeout_after_a_kill() -> None:
     with start_server_process(SAMPLE_HANDLERS, workers=1, heartbeat_interval=0.2) as process:
         asyncio.run(scenario(process))
         process.wait(10)
+
+
+def test_a_window_of_submissions_reaches_the_server_in_job_order() -> None:
+    """64 submissions in flight at once, one worker: the server's FIFO runs the jobs in job
+    order, so each one's start stamp follows the previous one's."""
+
+    async def scenario(info: object) -> None:
+        async with ExecutionClient(info) as client:  # type: ignore[arg-type]
+            in_flight = peak = 0
+
+            async def submit(job: int) -> str:
+                nonlocal in_flight, peak
+                in_flight += 1
+                peak = max(peak, in_flight)
+                try:
+                    return (await client.submit("echo", {"job": job})).execution_id
+                finally:
+                    in_flight -= 1
+
+            async def wait(execution_id: str, job: int) -> None:
+                outcome = await client.wait(execution_id, poll_interval=NEVER)
+                if outcome.kind is not PollOutcomeKind.COMPLETE:
+                    raise RuntimeError(f"job {job}: {outcome.reason}")
+
+            policy = CallbackBatchSubmitWaitPolicy(
+                submit_fn=submit,
+                wait_fn=wait,
+                job_key_fn=str,
+                max_concurrent_submits_value=64,
+            )
+            result = await BatchSubmitWaitEngine().run(list(range(300)), policy)
+            assert [o.kind for o in result.outcomes] == [JobOutcomeKind.OK] * 300
+            assert peak == 64  # the window was used, not one round trip per job
+            starts = []
+            for outcome in result.outcomes:
+                assert outcome.submission_id is not None
+                record = (await client.status(outcome.submission_id)).execution
+                assert record.result == {"job": int(outcome.key)}
+                starts.append(record.started_at)
+            order = sorted(range(len(starts)), key=lambda k: starts[k])
+            assert order == list(range(len(starts))), order[:20]
+
+    with start_server_process(SAMPLE_HANDLERS, workers=1, heartbeat_interval=0.2) as server:
+        asyncio.run(scenario(server.info))

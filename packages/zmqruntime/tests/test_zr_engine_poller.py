@@ -153,6 +153,46 @@ async def test_an_event_wakes_the_poller_before_its_interval() -> None:
 
 
 @asyncio_test
+async def test_an_event_carrying_the_record_answers_the_poll_it_wakes() -> None:
+    signals = ExecutionSignals()
+    script = Script([observation(ExecutionStatus.RUNNING)])
+    policy = script.policy(poll_interval_seconds_value=60.0)
+    poller = asyncio.create_task(ExecutionStatusPoller().run(EID, policy, signals=signals))
+    await script.polled.wait()  # the first look is always a poll
+    built: list[str] = []
+
+    def observe() -> StatusObservation:
+        built.append("observed")
+        return observation(ExecutionStatus.FAILED, error={"code": "x", "message": "pushed"})
+
+    signals.notify_event("another-execution", "epoch-a", observe=lambda: 1 / 0)  # not built
+    signals.notify_event(EID, "epoch-a", observe=observe)
+    outcome = await poller
+    assert outcome.kind is PollOutcomeKind.FAILED
+    assert outcome.reason == "execution failed: pushed"
+    assert outcome.payload == {"error": {"code": "x", "message": "pushed"}}
+    assert script.polls == 1  # the server was not asked again
+    assert built == ["observed"]
+    assert script.hooks("on_terminal") == [(ExecutionStatus.FAILED, outcome.payload)]
+
+
+@asyncio_test
+async def test_a_pushed_record_from_another_server_is_a_restart() -> None:
+    signals = ExecutionSignals()
+    script = Script([observation(ExecutionStatus.RUNNING)])
+    policy = script.policy(poll_interval_seconds_value=60.0)
+    poller = asyncio.create_task(ExecutionStatusPoller().run(EID, policy, signals=signals))
+    await script.polled.wait()
+    signals.notify_event(
+        EID, "epoch-b", observe=lambda: observation(ExecutionStatus.COMPLETE, "epoch-b")
+    )
+    outcome = await poller
+    assert outcome.kind is PollOutcomeKind.LOST
+    assert "server restarted" in outcome.reason
+    assert script.polls == 1
+
+
+@asyncio_test
 async def test_lost_when_polls_keep_failing_and_nothing_else_shows_life() -> None:
     clock = ManualClock()
     script = Script([ConnectionError("server down")], after_poll=lambda _: clock.advance(1.0))

@@ -176,6 +176,9 @@ class ExecutionClient:
         self._client_id = secrets.token_hex(4)
         self._counter = 0
         self._pending: dict[str, asyncio.Future[Any]] = {}
+        # Requests waiting for the connection, in call order (see `_send_request`).
+        self._send_gate = asyncio.Lock()
+        self._sends_waiting = 0
         self._subscriptions: list[_Subscription] = []
         self._last_seq: OrderedDict[str, int] = OrderedDict()
         self._resyncing: set[str] = set()
@@ -350,7 +353,8 @@ class ExecutionClient:
         liveness_timeout: float = 10.0,
         poll_interval: float = 1.0,
     ) -> PollOutcome:
-        """Follow one execution to its outcome: pushed events wake it, polls confirm it.
+        """Follow one execution to its outcome: looked at once, then woken by its events
+        (an `execution` event's record answers at once), polled when none arrive.
 
         Ends `lost` when neither replies nor events show the server alive for
         `liveness_timeout` seconds (or the server restarted), `timed_out` after `timeout`.
@@ -408,25 +412,38 @@ class ExecutionClient:
         return reply
 
     async def _send_request(self, frames: list[Any], connect_timeout: float) -> None:
-        """Send at once when connected (requests leave in call order); else wait up to
-        `connect_timeout` for the connection."""
+        """Send at once when connected; else wait up to `connect_timeout` for the connection.
+        Either way requests leave in the order they were made: one that finds others waiting
+        for the connection queues behind them (the gate is a FIFO lock)."""
         control = self._control
         assert control is not None
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + connect_timeout
-        while True:
+        if not self._sends_waiting:
             try:
                 control.send(frames)
                 return
             except zmq.Again:  # no connected server (IMMEDIATE), or its queue is full
                 pass
-            remaining = deadline - loop.time()
-            if remaining <= 0 or not await control.wait_writable(remaining):
-                if self._closed:
-                    raise ClientClosed("client closed while waiting for the server")
-                raise ServerUnavailable(
-                    f"no server reachable at {self.info.control} within {connect_timeout:g} s"
-                )
+        self._sends_waiting += 1
+        try:
+            async with self._send_gate:
+                loop = asyncio.get_running_loop()
+                deadline = loop.time() + connect_timeout
+                while True:
+                    try:
+                        control.send(frames)
+                        return
+                    except zmq.Again:
+                        pass
+                    remaining = deadline - loop.time()
+                    if remaining <= 0 or not await control.wait_writable(remaining):
+                        if self._closed:
+                            raise ClientClosed("client closed while waiting for the server")
+                        raise ServerUnavailable(
+                            f"no server reachable at {self.info.control} "
+                            f"within {connect_timeout:g} s"
+                        )
+        finally:
+            self._sends_waiting -= 1
 
     def _fail_pending(self, error: BaseException) -> None:
         for future in self._pending.values():
@@ -475,14 +492,23 @@ class ExecutionClient:
             self.signals.notify_heartbeat(epoch)
             self._retry_failed_resyncs()
             self._fan_out(message, None)
-        elif isinstance(message, ProgressUpdate | ExecutionEvent):
-            execution_id = (
-                message.execution_id
-                if isinstance(message, ProgressUpdate)
-                else message.record.execution_id
-            )
-            # Progress shows the server alive; only a status transition is worth a re-poll.
-            self.signals.notify_event(execution_id, epoch, wake=isinstance(message, ExecutionEvent))
+        elif isinstance(message, ProgressUpdate):
+            execution_id = message.execution_id
+            # Progress shows the server alive; only a status transition is worth a look.
+            self.signals.notify_event(execution_id, epoch, wake=False)
+            self._check_sequence(execution_id, message.seq)
+            self._fan_out(message, execution_id)
+        elif isinstance(message, ExecutionEvent):
+            record = message.record
+            execution_id = record.execution_id
+
+            def observe() -> StatusObservation:  # what a status poll would return now
+                return StatusObservation(
+                    status=record.status, payload=record.to_wire(), server_epoch=epoch
+                )
+
+            # A woken poller takes this record as its poll's answer (no status request).
+            self.signals.notify_event(execution_id, epoch, observe=observe)
             self._check_sequence(execution_id, message.seq)
             self._fan_out(message, execution_id)
         # Cancel notices are for workers; clients ignore them.

@@ -21,6 +21,7 @@ import attrs
 from zmqruntime.engines.checks import (
     as_validator,
     check_callable,
+    check_count,
     check_flag,
     check_optional_callable,
     check_optional_count,
@@ -61,6 +62,15 @@ class BatchSubmitWaitPolicyABC(abc.ABC, Generic[TJob]):
     def max_concurrent_waits(self) -> int | None:
         """How many waits may run at once; None for no bound."""
         return None
+
+    @property
+    def max_concurrent_submits(self) -> int:
+        """How many submissions may be in flight at once (default 1: each ends before the
+        next starts). Above 1 they are still *started* in job order, and a `submit` that
+        sends before its first `await` (as `ExecutionClient.submit` does) reaches the server
+        in that order, without one round trip per job; their success/error hooks then run
+        in completion order. Fail-fast starts no submission after the first failure."""
+        return 1
 
     def on_submit_start(self, job: TJob, index: int, total: int) -> HookResult:
         """Called before `submit`."""
@@ -107,6 +117,7 @@ class CallbackBatchSubmitWaitPolicy(BatchSubmitWaitPolicyABC[TJob]):
     max_concurrent_waits_value: int | None = attrs.field(
         default=None, validator=as_validator(check_optional_count)
     )
+    max_concurrent_submits_value: int = attrs.field(default=1, validator=as_validator(check_count))
     on_submit_start_fn: Callable[[TJob, int, int], HookResult] | None = attrs.field(
         default=None, validator=_optional_callable
     )
@@ -152,6 +163,10 @@ class CallbackBatchSubmitWaitPolicy(BatchSubmitWaitPolicyABC[TJob]):
     @property
     def max_concurrent_waits(self) -> int | None:
         return self.max_concurrent_waits_value
+
+    @property
+    def max_concurrent_submits(self) -> int:
+        return self.max_concurrent_submits_value
 
     def on_submit_start(self, job: TJob, index: int, total: int) -> HookResult:
         return (

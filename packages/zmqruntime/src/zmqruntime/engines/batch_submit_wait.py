@@ -30,7 +30,7 @@ from zmqruntime.engines.batch_result import (
     JobOutcome,
     JobOutcomeKind,
 )
-from zmqruntime.engines.checks import check_flag, check_optional_count
+from zmqruntime.engines.checks import check_count, check_flag, check_optional_count
 from zmqruntime.engines.hooks import HookRunner
 
 __all__ = ["BatchSubmitWaitEngine"]
@@ -92,6 +92,9 @@ class _BatchRun(Generic[TJob]):
         self.max_waits = check_optional_count(
             "policy.max_concurrent_waits", policy.max_concurrent_waits
         )
+        self.max_submits = check_count(
+            "policy.max_concurrent_submits", policy.max_concurrent_submits
+        )
         self.total = len(jobs)
         self.outcomes: list[JobOutcome | None] = [None] * self.total
         self.submission_ids: list[str | None] = [None] * self.total
@@ -130,27 +133,50 @@ class _BatchRun(Generic[TJob]):
     # -- phase 1: submit in job order -----------------------------------------------------
 
     async def _submit_all(self) -> None:
-        for i, job in enumerate(self.jobs):
-            index = i + 1
-            await self._hook("on_submit_start", i, job, index, self.total)
-            try:
-                submission_id = await self.policy.submit(job)
-                if not isinstance(submission_id, str):
-                    raise TypeError(f"submit returned {submission_id!r}, expected a str id")
-            except asyncio.CancelledError:
-                self._outcome(i, JobOutcomeKind.CANCELLED, phase=BatchPhase.SUBMIT)
-                if _being_cancelled():
-                    raise
-                continue  # the job's own submit reported cancellation
-            except Exception as exc:
-                failed = self._outcome(i, JobOutcomeKind.FAILED, error=exc, phase=BatchPhase.SUBMIT)
-                await self._hook("on_submit_error", i, job, exc, index, self.total)
-                if self.fail_fast_submit:
-                    self.abort_cause = failed
+        if self.max_submits == 1:
+            for i in range(self.total):
+                await self._submit_one(i)
+                if self.abort_cause is not None:
                     return
-                continue
-            self.submission_ids[i] = submission_id
-            await self._hook("on_submit_success", i, job, submission_id, index, self.total)
+            return
+        # A window of submissions in flight, started in job order (see the policy).
+        window = asyncio.Semaphore(self.max_submits)
+
+        async def submit_then_release(i: int) -> None:
+            try:
+                await self._submit_one(i)
+            finally:
+                window.release()
+
+        async with asyncio.TaskGroup() as group:
+            for i in range(self.total):
+                await window.acquire()
+                if self.abort_cause is not None:
+                    window.release()
+                    break
+                group.create_task(submit_then_release(i), name=f"zmqruntime-submit-{i + 1}")
+
+    async def _submit_one(self, i: int) -> None:
+        """Submit job `i` with its hooks; records a failure (and, fail-fast, the abort)."""
+        job, index = self.jobs[i], i + 1
+        await self._hook("on_submit_start", i, job, index, self.total)
+        try:
+            submission_id = await self.policy.submit(job)
+            if not isinstance(submission_id, str):
+                raise TypeError(f"submit returned {submission_id!r}, expected a str id")
+        except asyncio.CancelledError:
+            self._outcome(i, JobOutcomeKind.CANCELLED, phase=BatchPhase.SUBMIT)
+            if _being_cancelled():
+                raise
+            return  # the job's own submit reported cancellation
+        except Exception as exc:
+            failed = self._outcome(i, JobOutcomeKind.FAILED, error=exc, phase=BatchPhase.SUBMIT)
+            await self._hook("on_submit_error", i, job, exc, index, self.total)
+            if self.fail_fast_submit and self.abort_cause is None:
+                self.abort_cause = failed
+            return
+        self.submission_ids[i] = submission_id
+        await self._hook("on_submit_success", i, job, submission_id, index, self.total)
 
     # -- phase 2: wait concurrently ------------------------------------------------------
 

@@ -51,13 +51,21 @@ def check_flag(name: str, value: object) -> bool:
     return value
 
 
+def check_count(name: str, value: object) -> int:
+    """An int >= 1 (a bool is not a count)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name}: expected an int >= 1, got {value!r}")
+    return value
+
+
 def check_optional_count(name: str, value: object) -> int | None:
     """None (unbounded) or an int >= 1 (a bool is not a count)."""
     if value is None:
         return None
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name}: expected None or an int >= 1, got {value!r}")
-    return value
+    try:
+        return check_count(name, value)
+    except ValueError:
+        raise ValueError(f"{name}: expected None or an int >= 1, got {value!r}") from None
 
 
 def check_callable(name: str, value: object) -> object:

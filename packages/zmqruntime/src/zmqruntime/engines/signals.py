@@ -12,7 +12,10 @@ The client's event reader (on the same event loop) feeds it: `notify_event` for 
 - a new `server_epoch` (a restarted server) wakes every watcher (`WakeReason.EPOCH_CHANGED`).
 
 Progress events prove life but do not change an execution's status; a client that can tell
-them apart may pass `wake=False` for them to save a status poll per progress event.
+them apart may pass `wake=False` for them to save a status poll per progress event. An event
+that carries the execution's record (an `execution` event) may come with `observe`, which
+builds the `StatusObservation` a status poll would have returned: a woken poller takes it as
+that poll's answer instead of asking the server again (it is called only if someone watches).
 
 Memory is bounded by the number of running pollers: events for executions nobody watches
 are dropped after the epoch check, and a watch's state goes away when it is closed.
@@ -26,6 +29,8 @@ import enum
 import time
 from collections.abc import Callable
 from types import TracebackType
+
+from zmqruntime.engines.poll_policy import StatusObservation
 
 __all__ = ["ExecutionSignals", "ExecutionWatch", "WakeReason"]
 
@@ -70,16 +75,23 @@ class ExecutionSignals:
         return len(self._watches)
 
     def notify_event(
-        self, execution_id: str, server_epoch: str | None, *, wake: bool = True
+        self,
+        execution_id: str,
+        server_epoch: str | None,
+        *,
+        wake: bool = True,
+        observe: Callable[[], StatusObservation] | None = None,
     ) -> None:
-        """A progress or execution event for `execution_id` arrived."""
+        """A progress or execution event for `execution_id` arrived (`observe`: the status
+        it shows, for events that carry the record; see the module docstring)."""
         self._observe_epoch(server_epoch)
         watches = self._watches.get(execution_id)
         if not watches:
             return
         now = self.clock()
+        observation = observe() if observe is not None else None
         for watch in watches:
-            watch._saw_event(now, wake=wake)
+            watch._saw_event(now, wake=wake, observation=observation)
 
     def notify_heartbeat(self, server_epoch: str | None) -> None:
         """A server heartbeat arrived: a sign of life for every execution of that server."""
@@ -129,6 +141,7 @@ class ExecutionWatch:
         self.epoch_at_start = signals.current_epoch
         self.epoch_changes_at_start = signals.epoch_changes
         self.last_event: float | None = None
+        self._pushed: StatusObservation | None = None
         self._pending: WakeReason | None = None
         self._woken = asyncio.Event()
         self._closed = False
@@ -171,8 +184,17 @@ class ExecutionWatch:
     ) -> None:
         self.close()
 
-    def _saw_event(self, now: float, *, wake: bool) -> None:
+    def take_pushed(self) -> StatusObservation | None:
+        """The newest status an event showed since the last call (None if none did)."""
+        pushed, self._pushed = self._pushed, None
+        return pushed
+
+    def _saw_event(
+        self, now: float, *, wake: bool, observation: StatusObservation | None = None
+    ) -> None:
         self.last_event = now
+        if observation is not None:
+            self._pushed = observation
         if wake:
             self._wake(WakeReason.EVENT)
 

@@ -3,7 +3,9 @@ poll-checked, on asyncio (nothing blocks the loop).
 
 One run: look at once (no sleep before the first poll); then pause until the next poll is
 due, waking early when an event for the execution arrives (via `ExecutionSignals`); repeat
-until the status is terminal or a limit ends the run. Each `poll_status` call is bounded by
+until the status is terminal or a limit ends the run. An event that carried the record
+(`ExecutionWatch.take_pushed`) answers the poll it woke: the server is not asked again for
+what it just published. Each `poll_status` call is bounded by
 the time left before the liveness timeout or the deadline, so a hung request cannot stall
 the poller.
 
@@ -222,6 +224,10 @@ class _PollRun:
     # -- one poll -------------------------------------------------------------------------
 
     async def _poll(self) -> PollOutcome | None:
+        pushed = self.watch.take_pushed() if self.watch is not None else None
+        if pushed is not None:
+            self.last_attempt = self.clock()
+            return await self._observe(pushed)
         now = self.clock()
         limit_at = self._life() + self.limits.liveness
         if self.limits.deadline is not None:
