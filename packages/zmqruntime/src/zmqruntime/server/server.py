@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import sqlite3
@@ -22,6 +23,7 @@ import traceback
 import uuid
 from collections.abc import Callable, Mapping
 from concurrent.futures import BrokenExecutor, Future
+from concurrent.futures import CancelledError as FutureCancelled
 from types import TracebackType
 from typing import Any, Final, Self
 
@@ -56,6 +58,7 @@ from zmqruntime.messages import (
     WorkerStarted,
 )
 from zmqruntime.progress import ProgressUpdate
+from zmqruntime.server.completions import CompletionInbox
 from zmqruntime.server.counters import Counters
 from zmqruntime.server.handlers import HandlerFunction, HandlerRegistry
 from zmqruntime.server.journal import ExecutionJournal
@@ -102,6 +105,10 @@ FORCED_GRACE_SECONDS: Final = 10.0
 PREFETCH: Final = 2
 #: A loop reading a socket yields to the others after this many messages in a row.
 FAIRNESS_BATCH: Final = 64
+
+
+#: A finished executor future with the attempt it ran and the pool generation it ran on.
+_Finished = tuple[Dispatch, int, Future[JobOutcome]]
 
 
 class ServerStartError(OSError):
@@ -172,6 +179,7 @@ class ExecutionServer:
         self._loops: list[asyncio.Task[None]] = []
         self._attempts: dict[int, tuple[int, Future[JobOutcome]]] = {}
         self._attempt_tasks: set[asyncio.Task[None]] = set()
+        self._completions: CompletionInbox[_Finished] | None = None
         self._handled_breaks: set[int] = set()
         self._report_waiters: dict[str, asyncio.Event] = {}
         self._stats = WorkerStats()
@@ -259,6 +267,7 @@ class ExecutionServer:
         )
         self._control.start()
         self._progress.start()
+        self._completions = CompletionInbox(asyncio.get_running_loop(), self._attempts_done)
         self._loops = [
             asyncio.create_task(self._heartbeat_loop(), name="zmqruntime-server-heartbeat"),
         ]
@@ -484,48 +493,85 @@ class ExecutionServer:
                 )
                 continue
             self._attempts[dispatch.attempt] = (generation, future)
-            task = asyncio.create_task(
-                self._follow_attempt(dispatch, generation, future),
-                name=f"zmqruntime-attempt-{dispatch.execution_id}",
+            future.add_done_callback(
+                functools.partial(self._attempt_finished, dispatch, generation)
             )
-            self._attempt_tasks.add(task)
-            task.add_done_callback(self._attempt_tasks.discard)
         self._apply_effects()
 
-    async def _follow_attempt(
+    def _attempt_finished(
         self, dispatch: Dispatch, generation: int, future: Future[JobOutcome]
     ) -> None:
+        """Runs in whichever thread finished the future (the executor's): hand it to the loop."""
+        if self._completions is not None:
+            self._completions.put((dispatch, generation, future))
+
+    def _attempts_done(self, batch: list[_Finished]) -> None:
+        """Executor futures that finished (handed over by the `CompletionInbox`, on the loop):
+        record each outcome, then dispatch what the freed slots allow."""
+        for dispatch, generation, future in batch:
+            self._settle(dispatch, generation, future)
+        self._pump()
+
+    def _settle(self, dispatch: Dispatch, generation: int, future: Future[JobOutcome]) -> None:
         try:
             try:
-                outcome = await asyncio.wrap_future(future)
+                outcome = future.result()
             except BrokenExecutor as exc:
-                self._pool_broken(generation, exc)
+                self._pool_broken(generation, exc)  # sorts every attempt of that pool
+                self._forget_attempt(dispatch)
                 return
-            except asyncio.CancelledError:
-                raise
+            except FutureCancelled:  # cancelled by the executor's shutdown: the server closes
+                self._forget_attempt(dispatch)
+                return
             except BaseException as exc:
                 outcome = failed_outcome(
                     ErrorCode.INTERNAL,
                     f"the executor could not run the job: {exc!r}",
                     "".join(traceback.format_exception(exc)),
                 )
+            if self._reports_missing(dispatch.execution_id, outcome["reports"]):
+                task = asyncio.create_task(
+                    self._finish_after_reports(dispatch, outcome),
+                    name=f"zmqruntime-attempt-{dispatch.execution_id}",
+                )
+                self._attempt_tasks.add(task)
+                task.add_done_callback(self._attempt_tasks.discard)
+                return
+            self._finish(dispatch, outcome)
+        except Exception as exc:
+            self._finish_failed(dispatch, exc)
+
+    async def _finish_after_reports(self, dispatch: Dispatch, outcome: JobOutcome) -> None:
+        try:
             await self._await_reports(dispatch.execution_id, outcome["reports"])
-            outcome = self._refuse_oversized(dispatch.execution_id, outcome)
-            self.scheduler.finish(dispatch.execution_id, dispatch.attempt, outcome)
+            self._finish(dispatch, outcome)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            self._internal_error(f"finishing attempt {dispatch.attempt}")
-            with contextlib.suppress(Exception):  # never leave the execution running forever
-                self.scheduler.finish(
-                    dispatch.execution_id,
-                    dispatch.attempt,
-                    failed_outcome(ErrorCode.INTERNAL, f"internal server error: {exc!r}"),
-                )
-        finally:
-            self._attempts.pop(dispatch.attempt, None)
-            self._report_waiters.pop(dispatch.execution_id, None)
+            self._finish_failed(dispatch, exc)
         self._pump()
+
+    def _finish(self, dispatch: Dispatch, outcome: JobOutcome) -> None:
+        try:
+            outcome = self._refuse_oversized(dispatch.execution_id, outcome)
+            self.scheduler.finish(dispatch.execution_id, dispatch.attempt, outcome)
+        finally:
+            self._forget_attempt(dispatch)
+
+    def _finish_failed(self, dispatch: Dispatch, exc: Exception) -> None:
+        """Finishing the attempt failed inside the server: never leave it running forever."""
+        self._internal_error(f"finishing attempt {dispatch.attempt}")
+        with contextlib.suppress(Exception):
+            self.scheduler.finish(
+                dispatch.execution_id,
+                dispatch.attempt,
+                failed_outcome(ErrorCode.INTERNAL, f"internal server error: {exc!r}"),
+            )
+        self._forget_attempt(dispatch)
+
+    def _forget_attempt(self, dispatch: Dispatch) -> None:
+        self._attempts.pop(dispatch.attempt, None)
+        self._report_waiters.pop(dispatch.execution_id, None)
 
     def _refuse_oversized(self, execution_id: str, outcome: JobOutcome) -> JobOutcome:
         """A result too large to ever leave the server (in its `execution` event) fails its
@@ -545,17 +591,21 @@ class ExecutionServer:
             reports=outcome["reports"],
         )
 
+    def _reports_missing(self, execution_id: str, expected: int) -> bool:
+        """True if the attempt's outcome must wait for reports still on their way."""
+        record = self.scheduler.lifecycle.get(execution_id)
+        if record is None or record.status.is_terminal:
+            return False  # its outcome will be ignored anyway
+        return self.scheduler.reports_seen(execution_id) < expected
+
     async def _await_reports(self, execution_id: str, expected: int) -> None:
         """Wait until the attempt's reports have all arrived, so none lands after its end
         state. The wait ends `REPORT_GRACE_SECONDS` after the last report that did arrive: a
         backlog still flowing in (a flood of progress) is waited out, while a report lost on
         the way only costs the grace period."""
-        record = self.scheduler.lifecycle.get(execution_id)
-        if record is None or record.status.is_terminal:
-            return  # its outcome will be ignored anyway
-        seen = self.scheduler.reports_seen(execution_id)
-        if seen >= expected:
+        if not self._reports_missing(execution_id, expected):
             return
+        seen = self.scheduler.reports_seen(execution_id)
         event = self._report_waiters.setdefault(execution_id, asyncio.Event())
         loop = asyncio.get_running_loop()
         deadline = loop.time() + REPORT_GRACE_SECONDS
