@@ -532,13 +532,15 @@ def test_run_blocking_without_a_loop() -> None:
 async def test_a_submission_window_starts_in_job_order_and_stops_at_a_failure() -> None:
     started: list[int] = []
     in_flight = peak = 0
-    release = asyncio.Event()
+    release, window_full = asyncio.Event(), asyncio.Event()
 
     async def submit(job: int) -> str:
         nonlocal in_flight, peak
         started.append(job)
         in_flight += 1
         peak = max(peak, in_flight)
+        if len(started) == 4:
+            window_full.set()
         try:
             if job == 5:
                 raise RuntimeError("refused")
@@ -559,15 +561,18 @@ async def test_a_submission_window_starts_in_job_order_and_stops_at_a_failure() 
         on_abort_fn=lambda job, sid: aborted.append(sid),
     )
     run = asyncio.create_task(BatchSubmitWaitEngine().run(range(12), policy))
-    while len(started) < 4:
+    await window_full.wait()
+    for _ in range(10):  # let the engine run on: nothing more may start while all 4 wait
         await asyncio.sleep(0)
-    assert started == [0, 1, 2, 3] and peak == 4  # the window is full; nothing more starts
+    assert started == [0, 1, 2, 3]
+    assert peak == 4
     release.set()
     with pytest.raises(BatchAborted) as caught:
         await run
     result = caught.value.result
     # Started in order; the failing submission (job 5) stopped any further start.
-    assert started == list(range(len(started))) and started[-1] >= 5
+    assert started == list(range(len(started)))
+    assert started[-1] >= 5
     assert caught.value.cause.key == "5"
     kinds = {o.key: o.kind for o in result.outcomes}
     assert kinds["5"] is JobOutcomeKind.FAILED

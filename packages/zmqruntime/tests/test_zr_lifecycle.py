@@ -853,7 +853,8 @@ def test_status_snapshots_are_reused_only_while_current() -> None:
     sched.worker_started(eid, 4242)
     started = sched.status_of(eid)
     assert started.execution.status is ExecutionStatus.RUNNING
-    assert started.execution.worker_pid == 4242 and started.seq == first.seq + 1
+    assert started.execution.worker_pid == 4242
+    assert started.seq == first.seq + 1
     assert sched.progress(progress_for(eid, "B02", 3))
     with_progress = sched.status_of(eid)
     assert with_progress.seq == started.seq + 1
@@ -866,4 +867,5 @@ def test_status_snapshots_are_reused_only_while_current() -> None:
         eid, dispatch.attempt, {"kind": "complete", "result": 1, "error": None, "reports": 2}
     )
     final = sched.status_of(eid)
-    assert final.execution.status is ExecutionStatus.COMPLETE and final.seq == with_progress.seq + 1
+    assert final.execution.status is ExecutionStatus.COMPLETE
+    assert final.seq == with_progress.seq + 1

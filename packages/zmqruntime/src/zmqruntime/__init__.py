@@ -24,6 +24,7 @@ from zmqruntime.codec import (
     UnsupportedProtocol,
     WireCodec,
     WireError,
+    copy_is_cheaper,
 )
 from zmqruntime.connection import ConnectionInfo
 from zmqruntime.curve import CurveConfig, CurveKeyPair
@@ -49,6 +50,7 @@ from zmqruntime.engines import (
 )
 from zmqruntime.execution_status import LEGAL_TRANSITIONS, ExecutionStatus
 from zmqruntime.json_types import JsonObject, JsonValue, to_json_value
+from zmqruntime.loop_socket import LoopSocket
 from zmqruntime.messages import (
     MESSAGE_TYPES,
     Cancel,
@@ -133,6 +135,7 @@ __all__ = [
     "JobOutcomeKind",
     "JsonObject",
     "JsonValue",
+    "LoopSocket",
     "LoopThread",
     "MalformedMessage",
     "Message",
@@ -173,6 +176,7 @@ __all__ = [
     "WireModel",
     "WorkerInfo",
     "WorkerStarted",
+    "copy_is_cheaper",
     "new_key",
     "run_blocking",
     "start_server_process",
