@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from zmqruntime.progress import Phase, ProgressStatus
 from zmqruntime.server import JobContext, ServerProcess, start_server_process
+from zmqruntime.testing.handlers import report_progress
 
 __all__ = ["HANDLERS", "start_bench_server"]
 
@@ -38,21 +38,6 @@ def finished_at(ctx: JobContext) -> Any:
     return {"finished_at": time.time()}
 
 
-def _report_one(ctx: JobContext, i: int, n: int, axes: list[str]) -> None:
-    """Progress update `i` of `n`, on well `axes[i % len(axes)]`."""
-    ctx.progress(
-        plate_id="plate",
-        axis_id=axes[i % len(axes)],
-        step_name="step",
-        step_index=0,
-        total_steps=1,
-        phase=Phase.PATTERN_GROUP,
-        status=ProgressStatus.RUNNING,
-        completed=i + 1,
-        total=n,
-    )
-
-
 def paced_report(ctx: JobContext) -> Any:
     """Report `params.n` progress updates over `params.axes` wells at `params.rate` per
     second (a flood the server can follow, so updates go through rather than being dropped
@@ -66,7 +51,7 @@ def paced_report(ctx: JobContext) -> Any:
             ahead = start + i / rate - time.monotonic()
             if ahead > 0:
                 time.sleep(ahead)
-        _report_one(ctx, i, n, axes)
+        report_progress(ctx, i, n, axes)
     return {"sent": ctx.reports_sent}
 
 
@@ -76,7 +61,7 @@ def flood_report(ctx: JobContext) -> Any:
     n = int(ctx.params["n"])
     axes = [str(a) for a in ctx.params["axes"]]
     for i in range(n):
-        _report_one(ctx, i, n, axes)
+        report_progress(ctx, i, n, axes)
     return {"sent": ctx.reports_sent}
 
 

@@ -99,6 +99,16 @@ KIND_OF = {
 }
 
 
+async def polling_while_running() -> tuple[ExecutionSignals, Script, asyncio.Task[PollOutcome]]:
+    """A poller with signals and a 60 s interval whose first look found the job running."""
+    signals = ExecutionSignals()
+    script = Script([observation(ExecutionStatus.RUNNING)])
+    policy = script.policy(poll_interval_seconds_value=60.0)
+    poller = asyncio.create_task(ExecutionStatusPoller().run(EID, policy, signals=signals))
+    await script.polled.wait()  # the first look is always a poll
+    return signals, script, poller
+
+
 @settings(max_examples=40)
 @given(
     before=st.lists(st.sampled_from(NON_TERMINAL), max_size=6),
@@ -154,11 +164,7 @@ async def test_an_event_wakes_the_poller_before_its_interval() -> None:
 
 @asyncio_test
 async def test_an_event_carrying_the_record_answers_the_poll_it_wakes() -> None:
-    signals = ExecutionSignals()
-    script = Script([observation(ExecutionStatus.RUNNING)])
-    policy = script.policy(poll_interval_seconds_value=60.0)
-    poller = asyncio.create_task(ExecutionStatusPoller().run(EID, policy, signals=signals))
-    await script.polled.wait()  # the first look is always a poll
+    signals, script, poller = await polling_while_running()
     built: list[str] = []
 
     def observe() -> StatusObservation:
@@ -178,11 +184,7 @@ async def test_an_event_carrying_the_record_answers_the_poll_it_wakes() -> None:
 
 @asyncio_test
 async def test_a_pushed_record_from_another_server_is_a_restart() -> None:
-    signals = ExecutionSignals()
-    script = Script([observation(ExecutionStatus.RUNNING)])
-    policy = script.policy(poll_interval_seconds_value=60.0)
-    poller = asyncio.create_task(ExecutionStatusPoller().run(EID, policy, signals=signals))
-    await script.polled.wait()
+    signals, script, poller = await polling_while_running()
     signals.notify_event(
         EID, "epoch-b", observe=lambda: observation(ExecutionStatus.COMPLETE, "epoch-b")
     )
@@ -420,11 +422,7 @@ async def test_probes_keep_a_long_interval_poller_alive_without_signals() -> Non
 
 @asyncio_test
 async def test_cancelling_the_poller_releases_its_watch() -> None:
-    signals = ExecutionSignals()
-    script = Script([observation(ExecutionStatus.RUNNING)])
-    policy = script.policy(poll_interval_seconds_value=60.0)
-    poller = asyncio.create_task(ExecutionStatusPoller().run(EID, policy, signals=signals))
-    await script.polled.wait()
+    signals, _, poller = await polling_while_running()
     assert signals.watched_executions == 1
     poller.cancel()
     with pytest.raises(asyncio.CancelledError):

@@ -19,7 +19,7 @@ import numpy as np
 from zmqruntime.progress import Phase, ProgressStatus
 from zmqruntime.server.job_context import JobContext
 
-__all__ = ["HANDLERS"]
+__all__ = ["HANDLERS", "report_progress"]
 
 #: How often blocking handlers look for a cancellation (their own pace, not a test's).
 _CHECK_EVERY = 0.005
@@ -65,23 +65,28 @@ def sleep(ctx: JobContext) -> Any:
     return {"slept": seconds}
 
 
+def report_progress(ctx: JobContext, i: int, n: int, axes: list[str], plate: str = "plate") -> None:
+    """Progress update `i` of `n` (0-based), on well `axes[i % len(axes)]`."""
+    ctx.progress(
+        plate_id=plate,
+        axis_id=axes[i % len(axes)],
+        step_name="step",
+        step_index=0,
+        total_steps=1,
+        phase=Phase.PATTERN_GROUP,
+        status=ProgressStatus.RUNNING,
+        completed=i + 1,
+        total=n,
+    )
+
+
 def report(ctx: JobContext) -> Any:
     """Report `params.n` progress updates over `params.axes` wells, then return the count."""
     n = int(ctx.params.get("n", 10))
     axes = [str(a) for a in ctx.params.get("axes", ["A01"])]
     plate = str(ctx.params.get("plate_id", "plate"))
     for i in range(n):
-        ctx.progress(
-            plate_id=plate,
-            axis_id=axes[i % len(axes)],
-            step_name="step",
-            step_index=0,
-            total_steps=1,
-            phase=Phase.PATTERN_GROUP,
-            status=ProgressStatus.RUNNING,
-            completed=i + 1,
-            total=n,
-        )
+        report_progress(ctx, i, n, axes, plate)
     return {"reported": n}
 
 
