@@ -105,6 +105,8 @@ FORCED_GRACE_SECONDS: Final = 10.0
 PREFETCH: Final = 2
 #: A loop reading a socket yields to the others after this many messages in a row.
 FAIRNESS_BATCH: Final = 64
+#: Worker reports handled in a row: fewer, so a request waits behind at most this many.
+REPORT_BATCH: Final = 16
 
 
 #: A finished executor future with the attempt it ran and the pool generation it ran on.
@@ -263,7 +265,7 @@ class ExecutionServer:
             control, self._handle_request, on_error=self._socket_failed, batch=FAIRNESS_BATCH
         )
         self._progress = LoopSocket(
-            progress, self._handle_report, on_error=self._socket_failed, batch=FAIRNESS_BATCH
+            progress, self._handle_report, on_error=self._socket_failed, batch=REPORT_BATCH
         )
         self._control.start()
         self._progress.start()
