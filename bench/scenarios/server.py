@@ -52,10 +52,10 @@ from zmqruntime.messages import (
     Submit,
     SubmitReply,
 )
-from zmqruntime.progress import Phase, ProgressStatus, ProgressUpdate
+from zmqruntime.progress import ProgressUpdate
 from zmqruntime.server import ExecutionServer
 from zmqruntime.server.server import EVENTS_SNDHWM, PROGRESS_RCVHWM
-from zmqruntime.testing import SAMPLE_HANDLERS, RawPeer
+from zmqruntime.testing import SAMPLE_HANDLERS, RawPeer, example_progress
 
 SCENARIO = "server"
 _RTT_GOAL = 1.5
@@ -415,20 +415,8 @@ class _RawRelay:
 
 
 def _sample_frames(key: bytes) -> list[bytes]:
-    update = ProgressUpdate(
-        execution_id="4f3c9b1d2e7a48c6a0b5d9e1f2c3b4a5",
-        plate_id="plate",
-        axis_id="A01",
-        step_name="step",
-        step_index=0,
-        total_steps=1,
-        phase=Phase.PATTERN_GROUP,
-        status=ProgressStatus.RUNNING,
-        completed=1,
-        total=10,
-        percent=10.0,
-        timestamp=time.time(),
-        seq=1,
+    update = ProgressUpdate.from_wire(
+        example_progress(execution_id="4f3c9b1d2e7a48c6a0b5d9e1f2c3b4a5", timestamp=time.time())
     )
     return [bytes(f) for f in WireCodec(key).encode(update)]
 

@@ -26,9 +26,9 @@ from zmqruntime.messages import (
     Submit,
     SubmitReply,
 )
-from zmqruntime.progress import Phase, ProgressStatus, ProgressUpdate
+from zmqruntime.progress import ProgressUpdate
 from zmqruntime.signing import MessageSigner
-from zmqruntime.testing import RawPeer, serve_and_connect
+from zmqruntime.testing import RawPeer, example_progress, serve_and_connect
 
 LIMIT = 64 * 1024  # small size limit, so "oversized" stays cheap
 
@@ -223,21 +223,7 @@ def test_bad_worker_reports_are_counted_and_dropped() -> None:
             push.setsockopt(zmq.LINGER, 0)
             push.connect(peer.info.progress)
             codec = WireCodec(peer.info.key)
-            stray = ProgressUpdate(
-                execution_id="f" * 32,
-                plate_id="p",
-                axis_id="A01",
-                step_name="s",
-                step_index=0,
-                total_steps=1,
-                phase=Phase.INIT,
-                status=ProgressStatus.STARTED,
-                completed=0,
-                total=1,
-                percent=0.0,
-                timestamp=1.0,
-                seq=1,
-            )
+            stray = ProgressUpdate.from_wire(example_progress(execution_id="f" * 32))
             try:
                 for _ in range(20):
                     await push.send_multipart([os.urandom(64), os.urandom(30)])
