@@ -68,7 +68,31 @@ def _report(on_error: ErrorHook, error: Exception) -> None:
         logger.exception("on_error hook of a coalesced job raised")
 
 
-class CoalescedRequests:
+class _StateView:
+    """The read-only view of a `_CoalesceState` both public classes offer."""
+
+    __slots__ = ("_state",)
+
+    def __init__(self) -> None:
+        self._state = _CoalesceState()
+
+    @property
+    def is_active(self) -> bool:
+        """A run is under way."""
+        return self._state.active
+
+    @property
+    def follow_up_pending(self) -> bool:
+        """A request arrived during the run: one more run follows it."""
+        return self._state.follow_up
+
+    @property
+    def closed(self) -> bool:
+        """Closed: requests are refused."""
+        return self._state.closed
+
+
+class CoalescedRequests(_StateView):
     """Coalesces requests for an async job on one event loop.
 
     `request()` returns at once (True if it started a run); call it on the loop's thread (from
@@ -77,30 +101,18 @@ class CoalescedRequests:
     default, cancels the active job.
     """
 
-    __slots__ = ("_idle", "_job", "_loop", "_on_error", "_state", "_task")
+    __slots__ = ("_idle", "_job", "_loop", "_on_error", "_task")
 
     def __init__(
         self, job: Callable[[], Awaitable[object]], *, on_error: ErrorHook | None = None
     ) -> None:
         self._job = job
         self._on_error = on_error if on_error is not None else _log_job_error
-        self._state = _CoalesceState()
+        super().__init__()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()
         self._idle.set()
-
-    @property
-    def is_active(self) -> bool:
-        return self._state.active
-
-    @property
-    def follow_up_pending(self) -> bool:
-        return self._state.follow_up
-
-    @property
-    def closed(self) -> bool:
-        return self._state.closed
 
     def request(self) -> bool:
         """Ask for a run: starts one if idle (True), else marks the follow-up (False)."""
@@ -145,7 +157,7 @@ class CoalescedRequests:
             self._idle.set()
 
 
-class BlockingCoalescedRequests:
+class BlockingCoalescedRequests(_StateView):
     """Coalesces requests for a plain job; thread-safe, owns no thread.
 
     The request that finds it idle runs the job (and any follow-up) on its own thread before
@@ -154,25 +166,13 @@ class BlockingCoalescedRequests:
     drops a pending follow-up; the active run finishes.
     """
 
-    __slots__ = ("_cond", "_job", "_on_error", "_state")
+    __slots__ = ("_cond", "_job", "_on_error")
 
     def __init__(self, job: Callable[[], object], *, on_error: ErrorHook | None = None) -> None:
         self._job = job
         self._on_error = on_error if on_error is not None else _log_job_error
-        self._state = _CoalesceState()
+        super().__init__()
         self._cond = threading.Condition()
-
-    @property
-    def is_active(self) -> bool:
-        return self._state.active
-
-    @property
-    def follow_up_pending(self) -> bool:
-        return self._state.follow_up
-
-    @property
-    def closed(self) -> bool:
-        return self._state.closed
 
     def request(self) -> bool:
         """Run the job now if idle (True, after it and any follow-up ran); else mark a follow-up."""
