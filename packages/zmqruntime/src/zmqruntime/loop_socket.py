@@ -127,7 +127,7 @@ class LoopSocket:
             self._writable.append(waiter)
             try:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(waiter), remaining)
+                    await asyncio.wait_for(waiter, remaining)
             finally:
                 with contextlib.suppress(ValueError):
                     self._writable.remove(waiter)
