@@ -86,5 +86,8 @@ def test_a_default_server_listens_on_loopback_only() -> None:
             for conn in proc.net_connections(kind="inet")
             if conn.status == psutil.CONN_LISTEN
         ]
-        assert {conn.laddr.port for conn in listening} == ports
+        # The three channels of the connection file, and the jobs channel of the server's
+        # own workers (docs/protocol.md §7), which is never in it.
+        assert ports < {conn.laddr.port for conn in listening}
+        assert len(listening) == len(ports) + 1
         assert all(conn.laddr.ip == "127.0.0.1" for conn in listening), listening

@@ -7,7 +7,7 @@ import signal
 
 import pytest
 
-from zmqruntime.server.worker_pool import _sigint_blocked, default_executor_factory
+from zmqruntime.server.worker_pool import sigint_blocked, default_executor_factory
 
 
 @pytest.mark.skipif(not hasattr(signal, "pthread_sigmask"), reason="POSIX signal masks only")
@@ -15,7 +15,7 @@ def test_sigint_right_after_spawn_does_not_kill_the_worker() -> None:
     executor = default_executor_factory(1)
     try:
         # WorkerPool.submit starts workers with SIGINT blocked; so does this, the same way.
-        with _sigint_blocked():
+        with sigint_blocked():
             first = executor.submit(os.getpid)
         # The worker is still starting (a spawned interpreter takes tens of milliseconds
         # before its initializer runs): a terminal's Ctrl-C lands now.

@@ -276,8 +276,23 @@ class WireCodec:
         self.max_arrays = max_arrays
         self._signer = MessageSigner(key)
         self._replay = ReplayGuard(replay_window)
+        self._id_pid = -1
+        self._id_prefix = ""
+        self._id_count = 0
 
     # -- sending --------------------------------------------------------------------------
+
+    def _next_msg_id(self) -> str:
+        """A `msg_id` this codec never gave before: 16 random hex digits drawn once per codec
+        and process, then a 16-digit counter (a random draw per message costs a system call,
+        and uniqueness is all the replay guard needs)."""
+        pid = os.getpid()
+        if pid != self._id_pid:  # new codec, or a forked copy: never repeat the parent's ids
+            self._id_pid = pid
+            self._id_prefix = os.urandom(8).hex()
+            self._id_count = 0
+        self._id_count += 1
+        return f"{self._id_prefix}{self._id_count:016x}"
 
     def encode(
         self,
@@ -289,7 +304,7 @@ class WireCodec:
     ) -> list[Frame]:
         """The frames of one message: `[topic?, signature, envelope, *arrays]`.
 
-        Every call draws a fresh `msg_id`, so encoding the same message twice gives two
+        Every call gives a fresh `msg_id`, so encoding the same message twice gives two
         distinct, individually acceptable frame sets. Numpy arrays in free-form fields become
         array frames (memoryviews above 64 KiB: send with `copy=False` and leave the arrays
         alone until sent). Raises `SchemaError` for a bad request_id/server_epoch and
@@ -316,7 +331,7 @@ class WireCodec:
             (
                 _envelope_head(kind),
                 '"msg_id":"',
-                os.urandom(16).hex(),
+                self._next_msg_id(),
                 '","request_id":',
                 _id_json(request_id),
                 ',"server_epoch":',

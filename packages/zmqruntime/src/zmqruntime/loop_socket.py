@@ -44,6 +44,8 @@ class LoopSocket:
     `on_message` runs synchronously and should not raise (an exception it lets through goes
     to the loop's exception handler, and receiving goes on). `on_error` is told once when
     the socket itself fails (receiving stops). With `on_message=None` nothing is received.
+    `after_batch`, if given, runs once after each run of messages handed to `on_message`, so
+    work that can wait for the end of a batch is done once per batch.
     """
 
     def __init__(
@@ -54,6 +56,7 @@ class LoopSocket:
         on_error: ErrorCallback | None = None,
         copy: bool = False,
         batch: int = DEFAULT_BATCH,
+        after_batch: Callable[[], None] | None = None,
     ) -> None:
         if batch < 1:
             raise ValueError(f"batch must be at least 1, got {batch!r}")
@@ -62,6 +65,7 @@ class LoopSocket:
         self._on_error = on_error
         self._copy = copy
         self._batch = batch
+        self._after_batch = after_batch
         self._loop: asyncio.AbstractEventLoop | None = None
         self._fd: int | None = None
         self._scheduled = False
@@ -187,18 +191,27 @@ class LoopSocket:
         """Hand up to `batch` waiting messages to the callback; True once none is left."""
         if self._on_message is None:
             return True
-        for _ in range(self._batch):
-            try:
-                frames = self.sock.recv_multipart(flags=zmq.NOBLOCK, copy=self._copy)
-            except zmq.Again:
-                return True
-            try:
-                self._on_message(frames)
-            except Exception as exc:  # the callback's own failure; keep receiving
-                self._loop_error("a LoopSocket message callback failed", exc)
-            if self.stopped:  # the callback stopped or closed the socket
-                return True
-        return False
+        handled = 0
+        try:
+            for _ in range(self._batch):
+                try:
+                    frames = self.sock.recv_multipart(flags=zmq.NOBLOCK, copy=self._copy)
+                except zmq.Again:
+                    return True
+                handled += 1
+                try:
+                    self._on_message(frames)
+                except Exception as exc:  # the callback's own failure; keep receiving
+                    self._loop_error("a LoopSocket message callback failed", exc)
+                if self.stopped:  # the callback stopped or closed the socket
+                    return True
+            return False
+        finally:
+            if handled and self._after_batch is not None:
+                try:
+                    self._after_batch()
+                except Exception as exc:
+                    self._loop_error("a LoopSocket after_batch callback failed", exc)
 
     def _loop_error(self, message: str, exc: BaseException) -> None:
         if self._loop is not None:

@@ -41,10 +41,12 @@ __all__ = [
     "ExecutionEvent",
     "ExecutionRecord",
     "Heartbeat",
+    "JobEnded",
     "Message",
     "Ping",
     "Pong",
     "QueuedExecution",
+    "RunJob",
     "RunningExecution",
     "ServerCounters",
     "ServerStatus",
@@ -55,6 +57,7 @@ __all__ = [
     "Submit",
     "SubmitReply",
     "WorkerInfo",
+    "WorkerReady",
     "WorkerStarted",
 ]
 
@@ -403,6 +406,74 @@ class WorkerStarted(WireModel):
 
     execution_id: NonEmptyStr
     pid: NonNegativeInt
+    #: The attempt the worker was handed (absent from workers of executors that do not say).
+    attempt: PositiveInt | None = None
+
+
+# -- the server's own worker processes (§7) ---------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class WorkerReady(WireModel):
+    """Worker to server on the jobs channel: this process is connected and takes jobs."""
+
+    TYPE: ClassVar[str] = "worker_ready"
+    SCHEMA_NAME: ClassVar[str] = "worker_ready"
+
+    pid: NonNegativeInt
+
+
+@attrs.frozen(kw_only=True)
+class RunJob(WireModel):
+    """Server to one worker on the jobs channel: run this attempt of an execution.
+
+    `result_limit` is the most bytes the result may take on the wire (its JSON text plus its
+    array frames) so that the `execution` event carrying it still fits in a message."""
+
+    TYPE: ClassVar[str] = "run_job"
+    SCHEMA_NAME: ClassVar[str] = "run_job"
+
+    execution_id: NonEmptyStr
+    attempt: PositiveInt
+    handler: NonEmptyStr
+    handler_ref: NonEmptyStr
+    params: JsonObject = attrs.field(eq=json_eq_key)
+    artifact: JsonValue = attrs.field(default=None, eq=json_eq_key)
+    compile_only: bool = False
+    result_limit: PositiveInt
+
+
+_ENDINGS: Final = frozenset(
+    {ExecutionStatus.COMPLETE, ExecutionStatus.FAILED, ExecutionStatus.CANCELLED}
+)
+
+
+@attrs.frozen(kw_only=True)
+class JobEnded(WireModel):
+    """Worker report on the progress channel, after the attempt's other reports: how the
+    attempt ended. `result` only with `complete`, `error` exactly with the other two."""
+
+    TYPE: ClassVar[str] = "job_ended"
+    SCHEMA_NAME: ClassVar[str] = "job_ended"
+
+    execution_id: NonEmptyStr
+    attempt: PositiveInt
+    pid: NonNegativeInt
+    status: ExecutionStatus
+    result: JsonValue = attrs.field(default=None, eq=json_eq_key)
+    error: ErrorInfo | None = None
+
+    def _check(self) -> None:
+        if self.status not in _ENDINGS:
+            raise SchemaError("status", self.status.value, "must be an end state")
+        if self.result is not None and self.status is not ExecutionStatus.COMPLETE:
+            raise SchemaError("result", self.result, f"a {self.status} attempt has no result")
+        if (self.error is None) != (self.status is ExecutionStatus.COMPLETE):
+            raise SchemaError(
+                "error",
+                None if self.error is None else self.error.to_wire(),
+                f"a {self.status} attempt " + ("has no error" if self.error else "needs an error"),
+            )
 
 
 Message: TypeAlias = (
@@ -423,6 +494,9 @@ Message: TypeAlias = (
     | CancelNotice
     | WorkerStarted
     | ProgressUpdate
+    | WorkerReady
+    | RunJob
+    | JobEnded
 )
 """Any message body that travels in an envelope."""
 
@@ -436,7 +510,16 @@ def _by_type(*classes: type[Any]) -> Mapping[str, type[Any]]:
     return table
 
 
-_COMMON: Final = (ErrorReply, ExecutionEvent, Heartbeat, WorkerStarted, ProgressUpdate)
+_COMMON: Final = (
+    ErrorReply,
+    ExecutionEvent,
+    Heartbeat,
+    WorkerStarted,
+    ProgressUpdate,
+    WorkerReady,
+    RunJob,
+    JobEnded,
+)
 _REQUESTS_AND_REPLIES: Final = (
     Ping,
     Pong,

@@ -26,9 +26,11 @@ from zmqruntime.messages import (
     ExecutionEvent,
     ExecutionRecord,
     Heartbeat,
+    JobEnded,
     Ping,
     Pong,
     QueuedExecution,
+    RunJob,
     RunningExecution,
     ServerCounters,
     ServerStatus,
@@ -39,6 +41,7 @@ from zmqruntime.messages import (
     Submit,
     SubmitReply,
     WorkerInfo,
+    WorkerReady,
     WorkerStarted,
 )
 from zmqruntime.progress import Phase, ProgressStatus, ProgressUpdate
@@ -218,8 +221,29 @@ def _status_replies(draw: st.DrawFn, *, with_arrays: bool, big_arrays: bool) -> 
     )
 
 
+@st.composite
+def _jobs_ended(draw: st.DrawFn, *, with_arrays: bool, big_arrays: bool) -> JobEnded:
+    status = draw(
+        st.sampled_from(
+            [ExecutionStatus.COMPLETE, ExecutionStatus.FAILED, ExecutionStatus.CANCELLED]
+        )
+    )
+    complete = status is ExecutionStatus.COMPLETE
+    return JobEnded(
+        execution_id=draw(ids),
+        attempt=draw(st.integers(min_value=1, max_value=2**31)),
+        pid=draw(st.integers(min_value=0, max_value=2**22)),
+        status=status,
+        result=draw(json_values(with_arrays=with_arrays, big_arrays=big_arrays))
+        if complete
+        else None,
+        error=None if complete else draw(error_infos),
+    )
+
+
 def _builders(with_arrays: bool, big_arrays: bool) -> Mapping[type, st.SearchStrategy[Any]]:
     pids = st.integers(min_value=0, max_value=2**22)
+    attempts = st.integers(min_value=1, max_value=2**31)
     floats = st.floats(min_value=0, max_value=1e6)
     return {
         Ping: st.builds(Ping),
@@ -306,8 +330,23 @@ def _builders(with_arrays: bool, big_arrays: bool) -> Mapping[type, st.SearchStr
             interval=st.floats(min_value=0.001, max_value=3600),
         ),
         CancelNotice: st.builds(CancelNotice, execution_id=ids, force=st.booleans()),
-        WorkerStarted: st.builds(WorkerStarted, execution_id=ids, pid=pids),
+        WorkerStarted: st.builds(
+            WorkerStarted, execution_id=ids, pid=pids, attempt=st.none() | attempts
+        ),
         ProgressUpdate: progress_updates(),
+        WorkerReady: st.builds(WorkerReady, pid=pids),
+        RunJob: st.builds(
+            RunJob,
+            execution_id=ids,
+            attempt=attempts,
+            handler=ids,
+            handler_ref=ids,
+            params=json_objects(with_arrays=with_arrays, big_arrays=big_arrays),
+            artifact=json_values(with_arrays=with_arrays, big_arrays=big_arrays),
+            compile_only=st.booleans(),
+            result_limit=attempts,
+        ),
+        JobEnded: _jobs_ended(with_arrays=with_arrays, big_arrays=big_arrays),
     }
 
 

@@ -176,6 +176,8 @@ class ExecutionScheduler:
         self._attempts = 0
         self._heartbeat_seq = 0
         self._effects: list[Effect] = []
+        #: Executions whose `running` record is still to be published (ordered).
+        self._starting: dict[str, None] = {}
         self.accepting = True
         self.forced = False
         #: Compile artifacts that were live when a previous run of the server ended.
@@ -192,15 +194,36 @@ class ExecutionScheduler:
     # -- effects --------------------------------------------------------------------------
 
     def pending_effects(self) -> tuple[Effect, ...]:
-        """Effects produced since the last `drain`, without taking them."""
+        """Effects produced since the last `drain`, without taking them (pending `running`
+        events included, see `publish_started`)."""
+        self.publish_started()
         return tuple(self._effects)
 
     def drain(self) -> list[Effect]:
-        """Effects produced since the last call, in the order they must be carried out."""
+        """Effects produced since the last call, in the order they must be carried out
+        (pending `running` events included, see `publish_started`)."""
+        self.publish_started()
         effects, self._effects = self._effects, []
         return effects
 
+    def publish_started(self) -> None:
+        """Publish the `running` records of executions started since the last call.
+
+        `worker_started` holds its event back until the effects are taken, so a batch of
+        worker reports that holds an attempt's start and its end publishes the end alone:
+        one event and one `seq` instead of two. A progress report publishes its execution's
+        start before itself.
+        """
+        if not self._starting:
+            return
+        starting, self._starting = self._starting, {}
+        for execution_id in starting:
+            record = self.lifecycle.get(execution_id)
+            if record is not None and record.status is ExecutionStatus.RUNNING:
+                self._publish_record(record)
+
     def _publish_record(self, record: ExecutionRecord) -> None:
+        self._starting.pop(record.execution_id, None)  # this record supersedes that event
         track = self._tracks.setdefault(record.execution_id, _Track())
         track.seq += 1
         self._effects.append(
@@ -271,6 +294,8 @@ class ExecutionScheduler:
 
     def status_of(self, execution_id: str) -> StatusReply:
         """One execution's record, newest progress (overall and per axis) and last `seq`."""
+        if execution_id in self._starting:
+            self.publish_started()  # a reply never shows a state whose event is unpublished
         record = self._known(execution_id)
         track = self._tracks.get(execution_id) or _Track()
         # Every change of the progress caches bumps `seq`; a record can change without it
@@ -460,24 +485,25 @@ class ExecutionScheduler:
         )
         return False
 
-    def worker_started(self, execution_id: str, pid: int) -> None:
+    def worker_started(self, execution_id: str, pid: int, attempt: int | None = None) -> None:
         """A worker reports it began running this execution's attempt in process `pid`.
 
-        A queued record becomes `running` with its pid (one record, one event); a running one
-        (restarted after a pool breakage) gets the new pid; a cancelled one whose cancel was
-        forced gets its worker ended.
+        A queued record becomes `running` with its pid (one record, one event, published when
+        the effects are next taken: see `publish_started`); a running one (restarted after a
+        pool breakage) gets the new pid; a cancelled one whose cancel was forced gets its
+        worker ended. A report naming another `attempt` than the one in flight is stale.
         """
         job = self._jobs.get(execution_id)
-        if job is None or execution_id not in self._inflight:
+        in_flight = self._inflight.get(execution_id)
+        if job is None or in_flight is None or attempt not in (None, in_flight):
             self.counters.progress_dropped += 1
             return
         job.reports_seen += 1
         job.pid = pid
         record = self.lifecycle.get(execution_id)
         if record is not None and record.status is ExecutionStatus.QUEUED:
-            started = self.lifecycle.start(execution_id, worker_pid=pid)
-            if started is not None:
-                self._publish_record(started)
+            if self.lifecycle.start(execution_id, worker_pid=pid) is not None:
+                self._starting[execution_id] = None
         else:
             self.lifecycle.set_worker(execution_id, pid)
         if job.kill_when_started:
@@ -498,6 +524,8 @@ class ExecutionScheduler:
         if record is None or record.status is not ExecutionStatus.RUNNING:
             self.counters.progress_dropped += 1
             return False
+        if execution_id in self._starting:
+            self._publish_record(record)  # subscribers learn of the start before its progress
         track = self._tracks.setdefault(execution_id, _Track())
         track.seq += 1
         stamped = update.with_seq(track.seq)

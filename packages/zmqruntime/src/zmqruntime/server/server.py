@@ -43,9 +43,11 @@ from zmqruntime.execution_status import ExecutionStatus
 from zmqruntime.loop_socket import LoopSocket
 from zmqruntime.messages import (
     Cancel,
+    CancelNotice,
     ErrorCode,
     ErrorReply,
     ExecutionEvent,
+    JobEnded,
     Message,
     Ping,
     Pong,
@@ -62,6 +64,7 @@ from zmqruntime.server.completions import CompletionInbox
 from zmqruntime.server.counters import Counters
 from zmqruntime.server.handlers import HandlerFunction, HandlerRegistry
 from zmqruntime.server.journal import ExecutionJournal
+from zmqruntime.server.process_workers import ProcessWorkers
 from zmqruntime.server.scheduler import (
     Dispatch,
     ExecutionScheduler,
@@ -69,13 +72,14 @@ from zmqruntime.server.scheduler import (
     Publish,
     RequestRefused,
 )
-from zmqruntime.server.worker_pool import ExecutorFactory, WorkerPool, default_executor_factory
+from zmqruntime.server.worker_pool import ExecutorFactory, WorkerPool
 from zmqruntime.server.worker_runtime import (
     JobOutcome,
     JobSpec,
     WorkerCurve,
+    cancelled_outcome,
     failed_outcome,
-    result_size,
+    within_result_limit,
 )
 from zmqruntime.server.worker_stats import WorkerStats
 from zmqruntime.signing import new_key
@@ -99,9 +103,9 @@ FINAL_LINGER_MS: Final = 1000
 RECORD_ALLOWANCE: Final = 4096
 #: A forced shutdown waits this long for executions it cannot kill (thread executors).
 FORCED_GRACE_SECONDS: Final = 10.0
-#: Attempts on the default process pool per worker: one runs, the others wait there (still
-#: `queued`) so a worker starts its next job without waiting for a round trip through the
-#: server. Other executors get one per worker.
+#: Attempts in flight per worker, for the server's own workers: one runs, the others wait in
+#: the server already encoded (still `queued`), so the next goes out the moment a `job_ended`
+#: arrives, without a trip through the scheduler. Other executors get one per worker.
 PREFETCH: Final = 2
 #: A loop reading a socket yields to the others after this many messages in a row.
 FAIRNESS_BATCH: Final = 64
@@ -154,7 +158,7 @@ class ExecutionServer:
         self.workers = workers if workers is not None else (os.cpu_count() or 2)
         if self.workers < 1:
             raise ValueError(f"workers must be at least 1, got {self.workers!r}")
-        self._executor_factory = executor_factory or default_executor_factory
+        self._executor_factory = executor_factory
         self.max_message_size = max_message_size
         if key is not None and len(key) < 16:
             raise ValueError("the signing key must have at least 16 bytes (32 recommended)")
@@ -163,8 +167,8 @@ class ExecutionServer:
         extra: dict[str, Any] = {} if clock is None else {"clock": clock}
         self.scheduler = ExecutionScheduler(
             self.handlers,
-            # Only our own process pool gets attempts ahead: another executor (Dask) queues
-            # and schedules by itself, and a task waiting on one of its workers dies with it.
+            # Only our own workers get attempts ahead: another executor (Dask) queues and
+            # schedules by itself, and a task waiting on one of its workers dies with it.
             slots=self.workers * (PREFETCH if executor_factory is None else 1),
             max_records=max_records,
             artifact_ttl=artifact_ttl,
@@ -178,6 +182,7 @@ class ExecutionServer:
         self._events: zmq.Socket[bytes] | None = None
         self._progress: LoopSocket | None = None
         self._pool: WorkerPool | None = None
+        self._workers: ProcessWorkers | None = None
         self._loops: list[asyncio.Task[None]] = []
         self._attempts: dict[int, tuple[int, Future[JobOutcome]]] = {}
         self._attempt_tasks: set[asyncio.Task[None]] = set()
@@ -232,23 +237,26 @@ class ExecutionServer:
             self._authenticator = start_authenticator(
                 self._context, self.curve, [self._worker_keys.public]
             )
+        sockets: list[zmq.Socket[bytes]] = []
         try:
             control = self._bind(zmq.ROUTER, self._ports[0], "control")
+            sockets.append(control)
             events = self._bind(zmq.PUB, self._ports[1], "events")
+            sockets.append(events)
             progress = self._bind(zmq.PULL, self._ports[2], "progress")
+            sockets.append(progress)
+            jobs = None
+            if self._executor_factory is None:
+                # Only our own local workers connect to it: loopback, whatever `host` is.
+                jobs = self._bind(zmq.ROUTER, 0, "jobs", "127.0.0.1")
+                sockets.append(jobs)
         except ServerStartError:
+            for sock in sockets:
+                sock.close(linger=0)
             self._destroy_context()
             self._close_journal()
             raise
         self._events = events
-        try:
-            self._pool = WorkerPool(self._executor_factory, self.workers)
-        except Exception as exc:
-            for sock in (control, events, progress):
-                sock.close(linger=0)
-            self._destroy_context()
-            self._close_journal()
-            raise ServerStartError(f"cannot start the worker pool: {exc}") from exc
         self._info = ConnectionInfo(
             control=self._endpoint(control),
             events=self._endpoint(events),
@@ -259,13 +267,30 @@ class ExecutionServer:
             protocol=PROTOCOL_VERSION,
             curve_server_public=None if self.curve is None else self.curve.server.public.decode(),
         )
+        try:
+            if jobs is None:
+                assert self._executor_factory is not None
+                self._pool = WorkerPool(self._executor_factory, self.workers)
+            else:
+                self._workers = self._start_workers(jobs)
+        except Exception as exc:
+            for sock in sockets:
+                sock.close(linger=0)
+            self._destroy_context()
+            self._close_journal()
+            self._info = None
+            raise ServerStartError(f"cannot start the worker pool: {exc}") from exc
         # Requests and reports are handled in the loop's reader callbacks, in batches of
         # FAIRNESS_BATCH so neither channel can starve the other or the heartbeat.
         self._control = LoopSocket(
             control, self._handle_request, on_error=self._socket_failed, batch=FAIRNESS_BATCH
         )
         self._progress = LoopSocket(
-            progress, self._handle_report, on_error=self._socket_failed, batch=REPORT_BATCH
+            progress,
+            self._handle_report,
+            on_error=self._socket_failed,
+            batch=REPORT_BATCH,
+            after_batch=self._pump,  # dispatch and publish once per batch of reports
         )
         self._control.start()
         self._progress.start()
@@ -379,6 +404,30 @@ class ExecutionServer:
             self._context.destroy(linger=0)
             self._context = None
 
+    def _start_workers(self, jobs: zmq.Socket[bytes]) -> ProcessWorkers:
+        """Spawn the server's own worker processes on the jobs socket."""
+        assert self._info is not None
+        config = {
+            "jobs_endpoint": self._endpoint(jobs),
+            "progress_endpoint": self._info.progress,
+            "events_endpoint": self._info.events,
+            "key": self._key.hex(),
+            "curve": self._worker_curve(),
+            "max_message_size": self.max_message_size,
+            "server_pid": os.getpid(),
+        }
+        workers = ProcessWorkers(
+            count=self.workers,
+            prefetch=1,
+            jobs=jobs,
+            codec=WireCodec(self._key, max_message_size=3 * self.max_message_size),
+            config=config,
+            on_lost=self._workers_lost,
+            on_error=self._socket_failed,
+        )
+        workers.start()
+        return workers
+
     def _worker_curve(self) -> WorkerCurve | None:
         """The CURVE keys workers connect with, as plain text for the job spec."""
         if self.curve is None or self._worker_keys is None:
@@ -389,7 +438,7 @@ class ExecutionServer:
             "secret": self._worker_keys.secret.decode(),
         }
 
-    def _bind(self, kind: int, port: int, name: str) -> zmq.Socket[bytes]:
+    def _bind(self, kind: int, port: int, name: str, host: str | None = None) -> zmq.Socket[bytes]:
         assert self._context is not None
         sock: zmq.Socket[bytes] = zmq.Socket(self._context, kind)
         sock.setsockopt(zmq.LINGER, 0)
@@ -400,7 +449,7 @@ class ExecutionServer:
             sock.setsockopt(zmq.SNDHWM, EVENTS_SNDHWM)
         elif kind == zmq.PULL:
             sock.setsockopt(zmq.RCVHWM, PROGRESS_RCVHWM)
-        address = f"tcp://{self.host}:{port if port else '*'}"
+        address = f"tcp://{host or self.host}:{port if port else '*'}"
         try:
             sock.bind(address)
         except zmq.ZMQError as exc:
@@ -444,61 +493,122 @@ class ExecutionServer:
     # -- effects and dispatching ----------------------------------------------------------
 
     def _apply_effects(self) -> None:
-        self._journal_effects()
-        for effect in self.scheduler.drain():
-            try:
-                if isinstance(effect, Publish):
-                    self._send_event(effect)
-                elif isinstance(effect, KillWorker):
-                    self._stats.kill(effect.pid, f"force-cancel of {effect.execution_id}")
-            except Exception:
-                self._internal_error(f"carrying out {effect!r}")
+        withdrawn = False
+        while True:
+            self._journal_effects()
+            effects = self.scheduler.drain()
+            if not effects:
+                break
+            for effect in effects:
+                try:
+                    if isinstance(effect, Publish):
+                        self._send_event(effect)
+                        if isinstance(effect.message, CancelNotice):
+                            withdrawn |= self._withdraw(effect.message.execution_id)
+                    elif isinstance(effect, KillWorker):
+                        self._stats.kill(effect.pid, f"force-cancel of {effect.execution_id}")
+                except Exception:
+                    self._internal_error(f"carrying out {effect!r}")
         if self.scheduler.drained:
             self._drained.set()
+        if withdrawn:
+            self._pump()  # the slots they held are free
+
+    def _withdraw(self, execution_id: str) -> bool:
+        """A cancelled attempt still waiting for one of our workers never goes out: its slot
+        is freed now, and no worker is started (or, if forced, killed) for nothing."""
+        dispatch = None if self._workers is None else self._workers.withdraw(execution_id)
+        if dispatch is None:
+            return False
+        self._finish(dispatch, cancelled_outcome(execution_id))
+        return True
 
     def _pump(self) -> None:
-        """Submit dispatches while the scheduler has free slots and waiting work."""
-        pool = self._pool
-        if pool is None or self._closed.is_set():
+        """Submit dispatches while the scheduler has free slots and waiting work; then carry
+        out the effects."""
+        if self._closed.is_set() or (self._pool is None and self._workers is None):
             return
         while (dispatch := self.scheduler.next_dispatch()) is not None:
-            assert self._info is not None
-            job: JobSpec = {
-                "execution_id": dispatch.execution_id,
-                "attempt": dispatch.attempt,
-                "handler": dispatch.handler,
-                "handler_ref": dispatch.handler_ref,
-                "params": dispatch.params,
-                "artifact": dispatch.artifact,
-                "compile_only": dispatch.compile_only,
-                "progress_endpoint": self._info.progress,
-                "events_endpoint": self._info.events,
-                "key": self._key.hex(),
-                "curve": self._worker_curve(),
-            }
             try:
-                generation, future = pool.submit(job)
-            except BrokenExecutor as exc:
-                # The pool broke before we noticed: this attempt never started; retry it on
-                # a fresh pool (the scheduler bounds how often).
-                self.scheduler.lost([(dispatch.execution_id, dispatch.attempt)], {}, repr(exc))
-                if self.scheduler.forced:
+                if self._workers is not None:
+                    limit = self._result_limit(dispatch.execution_id)
+                    self._workers.dispatch(dispatch, limit)
+                elif not self._submit_to_pool(dispatch):
                     break
-                pool.replace(pool.generation)
-                continue
             except Exception as exc:
                 log.exception("the executor refused %s", dispatch.execution_id)
+                self._forget_attempt(dispatch)
                 self.scheduler.finish(
                     dispatch.execution_id,
                     dispatch.attempt,
                     failed_outcome(ErrorCode.INTERNAL, f"the executor refused the job: {exc!r}"),
                 )
-                continue
-            self._attempts[dispatch.attempt] = (generation, future)
-            future.add_done_callback(
-                functools.partial(self._attempt_finished, dispatch, generation)
-            )
         self._apply_effects()
+
+    def _submit_to_pool(self, dispatch: Dispatch) -> bool:
+        """Submit one attempt to the executor; False if dispatching must stop for now."""
+        pool = self._pool
+        assert pool is not None
+        assert self._info is not None
+        job: JobSpec = {
+            "execution_id": dispatch.execution_id,
+            "attempt": dispatch.attempt,
+            "handler": dispatch.handler,
+            "handler_ref": dispatch.handler_ref,
+            "params": dispatch.params,
+            "artifact": dispatch.artifact,
+            "compile_only": dispatch.compile_only,
+            "progress_endpoint": self._info.progress,
+            "events_endpoint": self._info.events,
+            "key": self._key.hex(),
+            "curve": self._worker_curve(),
+        }
+        try:
+            generation, future = pool.submit(job)
+        except BrokenExecutor as exc:
+            # The pool broke before we noticed: this attempt never started; retry it on a
+            # fresh pool (the scheduler bounds how often).
+            self.scheduler.lost([(dispatch.execution_id, dispatch.attempt)], {}, repr(exc))
+            if self.scheduler.forced:
+                return False
+            pool.replace(pool.generation)
+            return True
+        self._attempts[dispatch.attempt] = (generation, future)
+        future.add_done_callback(functools.partial(self._attempt_finished, dispatch, generation))
+        return True
+
+    def _job_ended(self, message: JobEnded) -> None:
+        """One of our workers reported how an attempt ended (after its other reports)."""
+        dispatch = (
+            None if self._workers is None else self._workers.ended(message.attempt, message.pid)
+        )
+        if dispatch is None or dispatch.execution_id != message.execution_id:
+            self.counters.rejected_malformed += 1
+            log.info("ignored the end of attempt %d: no worker of ours holds it", message.attempt)
+            return
+        outcome: JobOutcome = {
+            "kind": message.status.value,  # type: ignore[typeddict-item]
+            "result": message.result,
+            "error": None if message.error is None else message.error.to_wire(),
+            "reports": 0,
+        }
+        try:
+            self._finish(dispatch, outcome)
+        except Exception as exc:
+            self._finish_failed(dispatch, exc)
+
+    def _workers_lost(
+        self, dispatches: list[Dispatch], dead: Mapping[int, str], cause: str
+    ) -> None:
+        """A worker died (or none can start): the attempts it held are lost."""
+        try:
+            attempts = [(d.execution_id, d.attempt) for d in dispatches]
+            self.scheduler.lost(attempts, dead, cause)
+            for dispatch in dispatches:
+                self._forget_attempt(dispatch)
+        except Exception:
+            self._internal_error("handling a lost worker")
+        self._pump()
 
     def _attempt_finished(
         self, dispatch: Dispatch, generation: int, future: Future[JobOutcome]
@@ -555,7 +665,8 @@ class ExecutionServer:
 
     def _finish(self, dispatch: Dispatch, outcome: JobOutcome) -> None:
         try:
-            outcome = self._refuse_oversized(dispatch.execution_id, outcome)
+            limit = self._result_limit(dispatch.execution_id)
+            outcome = within_result_limit(outcome, limit)
             self.scheduler.finish(dispatch.execution_id, dispatch.attempt, outcome)
         finally:
             self._forget_attempt(dispatch)
@@ -575,23 +686,11 @@ class ExecutionServer:
         self._attempts.pop(dispatch.attempt, None)
         self._report_waiters.pop(dispatch.execution_id, None)
 
-    def _refuse_oversized(self, execution_id: str, outcome: JobOutcome) -> JobOutcome:
-        """A result too large to ever leave the server (in its `execution` event) fails its
-        execution with a clear message instead of being stored and never delivered."""
-        if outcome["kind"] != "complete":
-            return outcome
+    def _result_limit(self, execution_id: str) -> int:
+        """Most bytes the execution's result may take so its `execution` event still fits."""
         record = self.scheduler.lifecycle.get(execution_id)
         label = record.label if record is not None and record.label else ""
-        limit = self.max_message_size - RECORD_ALLOWANCE - len(label.encode())
-        size = result_size(outcome["result"])
-        if size <= limit:
-            return outcome
-        return failed_outcome(
-            ErrorCode.HANDLER_ERROR,
-            f"the handler's result has {size} bytes; at most {limit} fit in a message "
-            f"(the server's max_message_size is {self.max_message_size})",
-            reports=outcome["reports"],
-        )
+        return max(1, self.max_message_size - RECORD_ALLOWANCE - len(label.encode()))
 
     def _reports_missing(self, execution_id: str, expected: int) -> bool:
         """True if the attempt's outcome must wait for reports still on their way."""
@@ -660,7 +759,10 @@ class ExecutionServer:
 
     def _worker_infos(self) -> list[WorkerInfo]:
         busy = self.scheduler.busy_workers()
-        pool_pids = self._pool.process_pids() if self._pool is not None else set()
+        pool_pids: set[int] = set()
+        for workers in (self._pool, self._workers):
+            if workers is not None:
+                pool_pids |= workers.process_pids()
         return self._stats.infos(pool_pids | set(busy), busy)
 
     def _loop_ended(self, task: asyncio.Task[None]) -> None:
@@ -777,8 +879,11 @@ class ExecutionServer:
             self.scheduler.progress(message)
         elif isinstance(message, WorkerStarted):
             execution_id = message.execution_id
-            self.scheduler.worker_started(execution_id, message.pid)
+            self.scheduler.worker_started(execution_id, message.pid, message.attempt)
             self._stats.watch(message.pid)
+        elif isinstance(message, JobEnded):
+            self._job_ended(message)
+            return
         else:
             self.counters.rejected_malformed += 1
             log.info("refused a %r message on the progress channel", envelope.type)
@@ -786,7 +891,7 @@ class ExecutionServer:
         waiter = self._report_waiters.get(execution_id)
         if waiter is not None:
             waiter.set()
-        self._apply_effects()
+        # Effects are carried out once the batch of reports is handled (`_pump`).
 
     async def _heartbeat_loop(self) -> None:
         interval = self.scheduler.heartbeat_interval
@@ -806,8 +911,9 @@ class ExecutionServer:
         cancelled = self.scheduler.begin_shutdown(force=force)
         if force and not already_forced:
             self._forced.set()
-            if self._pool is not None:
-                self._pool.kill_all()
+            for workers in (self._pool, self._workers):
+                if workers is not None:
+                    workers.kill_all()
         self._apply_effects()
         return cancelled
 
@@ -835,8 +941,9 @@ class ExecutionServer:
                 except TimeoutError:
                     log.error("forced shutdown: executions still running, abandoning them")
                     drained = False
-            assert self._pool is not None
-            await self._pool.close(kill=self.scheduler.forced, wait=drained)
+            for workers in (self._pool, self._workers):
+                if workers is not None:
+                    await workers.close(kill=self.scheduler.forced, wait=drained)
         except Exception:
             self._internal_error("stopping the worker pool")
         try:

@@ -34,6 +34,8 @@ __all__ = [
     "WorkerPool",
     "default_executor_factory",
     "describe_exit",
+    "exit_description",
+    "sigint_blocked",
 ]
 
 log = logging.getLogger(__name__)
@@ -67,7 +69,7 @@ def describe_exit(exitcode: int) -> str:
 
 
 @contextlib.contextmanager
-def _sigint_blocked() -> Iterator[None]:
+def sigint_blocked() -> Iterator[None]:
     """Block SIGINT in this thread while it may start worker processes.
 
     A child inherits the signal mask across fork and exec, so a worker is born with SIGINT
@@ -120,14 +122,14 @@ class _Generation:
             for process in _pool_processes(self.executor):
                 if process.pid is None:
                     continue
-                how = _exit_of(process)
+                how = exit_description(process)
                 if how is not None:
                     dead[process.pid] = how
             self.dead = dead
 
 
-def _exit_of(process: Any) -> str | None:
-    """How a pool process ended, or None while it runs; never reaps it (the pool does).
+def exit_description(process: Any) -> str | None:
+    """How a worker process ended, or None while it runs; never reaps it (its owner does).
 
     A dead worker's sentinel pipe reads as closed slightly before the kernel makes its exit
     status available, so a process whose sentinel is closed is given a moment to become
@@ -172,7 +174,7 @@ class WorkerPool:
     def submit(self, job: JobSpec) -> tuple[int, Future[JobOutcome]]:
         """Start `run_job(job)` on the current executor; returns its generation and future."""
         generation = self._current
-        with _sigint_blocked():  # a process pool may start a worker inside submit()
+        with sigint_blocked():  # a process pool may start a worker inside submit()
             future: Future[JobOutcome] = generation.executor.submit(run_job, job)
 
         def on_done(done: Future[JobOutcome]) -> None:

@@ -29,7 +29,7 @@ from zmqruntime.arrays import extract_arrays
 from zmqruntime.codec import WireCodec, WireError, copy_is_cheaper
 from zmqruntime.curve import CurveKeyPair, apply_curve_client
 from zmqruntime.json_types import check_json_value
-from zmqruntime.messages import CancelNotice, ErrorCode, ErrorInfo, WorkerStarted
+from zmqruntime.messages import CancelNotice, ErrorCode, ErrorInfo, JobEnded, WorkerStarted
 from zmqruntime.progress import ProgressUpdate
 from zmqruntime.schema import SchemaError
 from zmqruntime.server.handlers import HandlerSpecError, resolve_reference
@@ -41,9 +41,12 @@ __all__ = [
     "JobSpec",
     "WorkerChannels",
     "WorkerCurve",
+    "cancelled_outcome",
     "failed_outcome",
     "result_size",
+    "run_attempt",
     "run_job",
+    "within_result_limit",
     "worker_initializer",
 ]
 
@@ -101,9 +104,12 @@ class WorkerChannels:
         events_endpoint: str,
         key: bytes,
         curve: WorkerCurve | None = None,
+        *,
+        context: zmq.Context[Any] | None = None,
+        max_message_size: int = 64 * 2**20,
     ) -> None:
-        self._context = zmq.Context()
-        self._codec = WireCodec(key)
+        self._context = context if context is not None else zmq.Context()
+        self._codec = WireCodec(key, max_message_size=max_message_size)
         self._push = self._context.socket(zmq.PUSH)
         self._push.setsockopt(zmq.LINGER, 1000)
         self._push.setsockopt(zmq.SNDHWM, 10_000)
@@ -140,6 +146,13 @@ class WorkerChannels:
                 return False
         self._congested = False
         return True
+
+    def send_end(self, message: JobEnded) -> None:
+        """Queue how an attempt ended, waiting for room as long as it takes: the server must
+        learn every end (a worker whose server died is ended by the kernel, see
+        `worker_initializer`)."""
+        frames = self._codec.encode(message)
+        self._push.send_multipart(frames, copy=copy_is_cheaper(frames))
 
     def send_progress(self, update: ProgressUpdate) -> bool:
         """`ReportChannel` method: queue one progress report."""
@@ -210,7 +223,8 @@ def failed_outcome(
     return {"kind": "failed", "result": None, "error": error, "reports": reports}
 
 
-def _cancelled(execution_id: str, reports: int) -> JobOutcome:
+def cancelled_outcome(execution_id: str, reports: int = 0) -> JobOutcome:
+    """The outcome of an attempt that stopped (or never started) because it was cancelled."""
     error = ErrorInfo(
         code=ErrorCode.CANCELLED, message=f"execution {execution_id} stopped after cancellation"
     ).to_wire()
@@ -220,35 +234,63 @@ def _cancelled(execution_id: str, reports: int) -> JobOutcome:
 def run_job(job: JobSpec) -> JobOutcome:
     """Run one execution's handler here and return how it ended (never raises for the handler).
 
+    The function an executor runs: it reaches the server through this thread's channels
+    (created at the first job, then reused). See `run_attempt`.
+    """
+    return run_attempt(
+        _channels_for(job),
+        execution_id=job["execution_id"],
+        attempt=job["attempt"],
+        handler=job["handler"],
+        handler_ref=job["handler_ref"],
+        params=job["params"],
+        artifact=job["artifact"],
+        compile_only=job["compile_only"],
+    )
+
+
+def run_attempt(
+    channels: WorkerChannels,
+    *,
+    execution_id: str,
+    attempt: int,
+    handler: str,
+    handler_ref: str,
+    params: dict[str, Any],
+    artifact: Any,
+    compile_only: bool,
+) -> JobOutcome:
+    """Run one attempt's handler in this process and return how it ended (never raises for
+    the handler).
+
     Sends `worker_started` first (so the server knows this process runs it), skips the handler
     if the execution was already cancelled, and checks that the result is JSON (numpy arrays
     allowed) so a bad return value fails the execution with a clear message.
     """
-    channels = _channels_for(job)
-    execution_id = job["execution_id"]
-    reports = int(channels.send(WorkerStarted(execution_id=execution_id, pid=os.getpid())))
+    started = WorkerStarted(execution_id=execution_id, pid=os.getpid(), attempt=attempt)
+    reports = int(channels.send(started))
     if channels.is_cancelled(execution_id):
-        return _cancelled(execution_id, reports)
+        return cancelled_outcome(execution_id, reports)
     context = JobContext(
         execution_id=execution_id,
-        handler=job["handler"],
-        params=job["params"],
-        artifact=job["artifact"],
-        compile_only=job["compile_only"],
+        handler=handler,
+        params=params,
+        artifact=artifact,
+        compile_only=compile_only,
         channel=channels,
     )
     try:
-        function = resolve_reference(job["handler_ref"])
+        function = resolve_reference(handler_ref)
     except HandlerSpecError as exc:
         return failed_outcome(ErrorCode.HANDLER_ERROR, f"cannot load handler: {exc}", None, reports)
     try:
         result = function(context)
     except ExecutionCancelled:
-        return _cancelled(execution_id, reports + context.reports_sent)
+        return cancelled_outcome(execution_id, reports + context.reports_sent)
     except (Exception, SystemExit) as exc:
         return failed_outcome(
             ErrorCode.HANDLER_ERROR,
-            f"handler {job['handler']!r} raised {type(exc).__name__}: {exc}",
+            f"handler {handler!r} raised {type(exc).__name__}: {exc}",
             traceback.format_exc(),
             reports + context.reports_sent,
         )
@@ -259,11 +301,27 @@ def run_job(job: JobSpec) -> JobOutcome:
         exc.prefixed("result")
         return failed_outcome(
             ErrorCode.HANDLER_ERROR,
-            f"handler {job['handler']!r} returned a value that is not JSON: {exc}",
+            f"handler {handler!r} returned a value that is not JSON: {exc}",
             None,
             reports,
         )
     return {"kind": "complete", "result": result, "error": None, "reports": reports}
+
+
+def within_result_limit(outcome: JobOutcome, limit: int) -> JobOutcome:
+    """The outcome, or, if its result takes more than `limit` bytes on the wire, a failure
+    saying so: such a result could never leave the server in its `execution` event."""
+    if outcome["kind"] != "complete":
+        return outcome
+    size = result_size(outcome["result"])
+    if size <= limit:
+        return outcome
+    return failed_outcome(
+        ErrorCode.HANDLER_ERROR,
+        f"the handler's result has {size} bytes; at most {limit} fit in a message "
+        "(the server's max_message_size, less room for the rest of the record)",
+        reports=outcome["reports"],
+    )
 
 
 _PR_SET_PDEATHSIG = 1

@@ -1,0 +1,269 @@
+"""The server's own worker processes, fed attempts over ZeroMQ (docs/protocol.md §7).
+
+The default executor. Each worker is a spawned process (`worker_main.serve_jobs`) that
+connects to the server's jobs socket (ROUTER) and runs the `run_job` messages it is handed,
+in order; it reports their ends on the progress channel, after their other reports. A worker
+holds at most `prefetch` attempts; the others wait here, encoded, and the next goes out the
+moment a worker reports an end. The server uses a prefetch of one: a job sent ahead to a busy
+worker could not be taken back, and would wait behind a long job while another worker idles.
+
+A process pool has threads in the server that pickle calls and collect results, and it breaks
+as a whole when one worker dies. Here nothing runs outside the event loop, and a death costs
+only the attempts handed to that worker: the loop watches every process's sentinel, tells the
+server which attempts it held and how it died, and starts a replacement.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import os
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Final
+
+import zmq
+
+from zmqruntime.codec import WireCodec, WireError
+from zmqruntime.loop_socket import LoopSocket
+from zmqruntime.messages import RunJob, WorkerReady
+from zmqruntime.server.scheduler import Dispatch
+from zmqruntime.server.worker_main import WorkerConfig, serve_jobs
+from zmqruntime.server.worker_pool import exit_description, sigint_blocked
+
+__all__ = ["LostCallback", "ProcessWorkers"]
+
+log = logging.getLogger(__name__)
+
+#: Told which attempts a dead worker held, pid → how it died, and why they were lost.
+LostCallback = Callable[[list[Dispatch], Mapping[int, str], str], None]
+
+#: Deaths before `worker_ready` in a row after which waiting attempts are given up as lost
+#: (each time), so a worker that cannot start fails its executions instead of hanging them.
+_FAILED_STARTS_TOLERATED: Final = 3
+#: Longest pause before starting a replacement for a worker that died before it was ready.
+_MAX_RESTART_DELAY: Final = 5.0
+#: How long a closing server waits for its workers to exit before it kills them.
+_EXIT_WAIT: Final = 5.0
+
+
+class _Worker:
+    """One worker process and the attempts handed to it, oldest (running) first."""
+
+    def __init__(self, identity: bytes, process: Any) -> None:
+        self.identity = identity
+        self.process = process
+        self.pid: int = process.pid
+        self.ready = False
+        self.assigned: OrderedDict[int, Dispatch] = OrderedDict()
+
+
+class ProcessWorkers:
+    """Starts `count` worker processes, hands them attempts, and replaces the ones that die.
+
+    `jobs` is the bound ROUTER socket the workers connect to (owned from now on); `config`
+    is every worker's `WorkerConfig` but its identity. `on_lost` learns the attempts of each
+    worker that died. All methods run on the event loop's thread.
+    """
+
+    def __init__(
+        self,
+        *,
+        count: int,
+        prefetch: int,
+        jobs: zmq.Socket[bytes],
+        codec: WireCodec,
+        config: Mapping[str, Any],
+        on_lost: LostCallback,
+        on_error: Callable[[BaseException], None] | None = None,
+    ) -> None:
+        if count < 1:
+            raise ValueError(f"count must be at least 1, got {count!r}")
+        if prefetch < 1:
+            raise ValueError(f"prefetch must be at least 1, got {prefetch!r}")
+        self.count = count
+        self.prefetch = prefetch
+        self._codec = codec
+        self._config = dict(config)
+        self._on_lost = on_lost
+        self._jobs = LoopSocket(jobs, self._take_message, on_error=on_error)
+        self._workers: dict[bytes, _Worker] = {}
+        self._where: dict[int, _Worker] = {}
+        self._waiting: deque[tuple[Dispatch, list[Any]]] = deque()
+        self._failed_starts = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._restarts: list[asyncio.TimerHandle] = []
+        self._closing = False
+
+    # -- life -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Spawn the workers and listen for them (on the running loop)."""
+        self._loop = asyncio.get_running_loop()
+        self._jobs.start()
+        for _ in range(self.count):
+            self._spawn()
+
+    def _spawn(self) -> None:
+        if self._closing or self._loop is None:
+            return
+        identity = os.urandom(8).hex()
+        config: WorkerConfig = {**self._config, "identity": identity}  # type: ignore[typeddict-item]
+        process = multiprocessing.get_context("spawn").Process(
+            target=serve_jobs, args=(config,), name=f"zmqruntime-worker-{identity}", daemon=True
+        )
+        with sigint_blocked():  # born with SIGINT blocked until it ignores it
+            process.start()
+        worker = _Worker(identity.encode(), process)
+        self._workers[worker.identity] = worker
+        self._loop.add_reader(process.sentinel, self._died, worker)
+
+    def process_pids(self) -> set[int]:
+        """Pids of the worker processes (started, not yet found dead)."""
+        return {worker.pid for worker in self._workers.values()}
+
+    def kill_all(self) -> None:
+        """SIGKILL every worker (a forced shutdown); their deaths are handled as usual."""
+        for worker in self._workers.values():
+            with contextlib.suppress(Exception):
+                worker.process.kill()
+
+    async def close(self, *, kill: bool, wait: bool = True) -> None:
+        """Stop every worker (SIGKILL with `kill`, else SIGTERM: they are idle by now) and,
+        with `wait`, wait for them to exit; closes the jobs socket."""
+        self._closing = True
+        for handle in self._restarts:
+            handle.cancel()
+        workers = list(self._workers.values())
+        self._workers.clear()
+        for worker in workers:
+            if self._loop is not None:
+                self._loop.remove_reader(worker.process.sentinel)
+            with contextlib.suppress(Exception):
+                if kill:
+                    worker.process.kill()
+                else:
+                    worker.process.terminate()
+        self._jobs.close(linger=0)
+        if wait and workers:
+            await asyncio.to_thread(_join_all, [w.process for w in workers])
+
+    # -- attempts -------------------------------------------------------------------------
+
+    def dispatch(self, dispatch: Dispatch, result_limit: int) -> None:
+        """Hand the attempt to the least busy ready worker, or keep it until one has room.
+        Raises (and keeps nothing) if the attempt cannot be encoded as a `run_job`."""
+        message = RunJob(
+            execution_id=dispatch.execution_id,
+            attempt=dispatch.attempt,
+            handler=dispatch.handler,
+            handler_ref=dispatch.handler_ref,
+            params=dispatch.params,
+            artifact=dispatch.artifact,
+            compile_only=dispatch.compile_only,
+            result_limit=result_limit,
+        )
+        self._waiting.append((dispatch, self._codec.encode(message)))
+        self._hand_out()
+
+    def ended(self, attempt: int, pid: int) -> Dispatch | None:
+        """Worker `pid` reported the end of `attempt`: its dispatch, or None if that worker
+        does not hold it (a stale or forged report)."""
+        worker = self._where.get(attempt)
+        if worker is None or worker.pid != pid:
+            return None
+        del self._where[attempt]
+        dispatch = worker.assigned.pop(attempt)
+        self._hand_out()
+        return dispatch
+
+    def withdraw(self, execution_id: str) -> Dispatch | None:
+        """Take back the execution's attempt if it still waits here (not yet sent to any
+        worker): its dispatch, or None if it is with a worker or unknown."""
+        for index, (dispatch, _) in enumerate(self._waiting):
+            if dispatch.execution_id == execution_id:
+                del self._waiting[index]
+                return dispatch
+        return None
+
+    def _hand_out(self) -> None:
+        while self._waiting:
+            ready = [
+                w for w in self._workers.values() if w.ready and len(w.assigned) < self.prefetch
+            ]
+            if not ready:
+                return
+            worker = min(ready, key=lambda w: len(w.assigned))
+            dispatch, frames = self._waiting.popleft()
+            worker.assigned[dispatch.attempt] = dispatch
+            self._where[dispatch.attempt] = worker
+            # A ROUTER send to a connected peer never waits; one to a worker that just died
+            # is dropped, and the attempt is given back when its death is handled.
+            self._jobs.send([worker.identity, *frames])
+
+    # -- news from the workers ------------------------------------------------------------
+
+    def _take_message(self, frames: list[Any]) -> None:
+        identity = bytes(frames[0])
+        try:
+            message = self._codec.decode(frames[1:]).message
+        except WireError as exc:
+            log.warning("refused a message on the jobs channel: %s", exc)
+            return
+        worker = self._workers.get(identity)
+        if not isinstance(message, WorkerReady) or worker is None or message.pid != worker.pid:
+            log.warning("refused a %r message on the jobs channel", type(message).TYPE)
+            return
+        if not worker.ready:
+            worker.ready = True
+            self._failed_starts = 0
+            self._hand_out()
+
+    def _died(self, worker: _Worker) -> None:
+        """A worker's sentinel fired: give its attempts back, then replace it."""
+        assert self._loop is not None
+        self._loop.remove_reader(worker.process.sentinel)
+        how = exit_description(worker.process) or "ended"
+        worker.process.join(0)  # reap it
+        self._workers.pop(worker.identity, None)
+        lost = list(worker.assigned.values())
+        for attempt in worker.assigned:
+            self._where.pop(attempt, None)
+        worker.assigned.clear()
+        log.warning("worker process %d %s; its attempts: %s", worker.pid, how, len(lost))
+        if lost:
+            self._on_lost(lost, {worker.pid: how}, f"worker process {worker.pid} {how}")
+        if self._closing:
+            return
+        delay = 0.0
+        if not worker.ready:
+            self._failed_starts += 1
+            delay = min(_MAX_RESTART_DELAY, 0.25 * 2**self._failed_starts)
+            if self._failed_starts >= _FAILED_STARTS_TOLERATED and self._waiting:
+                stranded = [dispatch for dispatch, _ in self._waiting]
+                self._waiting.clear()
+                why = f"worker processes die before they are ready (last: {worker.pid} {how})"
+                self._on_lost(stranded, {}, why)
+        handle = self._loop.call_later(delay, self._respawn)
+        self._restarts.append(handle)
+
+    def _respawn(self) -> None:
+        assert self._loop is not None
+        now = self._loop.time()
+        self._restarts = [h for h in self._restarts if h.when() > now]
+        try:
+            self._spawn()
+        except Exception:
+            log.exception("cannot start a worker process; trying again")
+            self._restarts.append(self._loop.call_later(_MAX_RESTART_DELAY, self._respawn))
+
+
+def _join_all(processes: Iterable[Any]) -> None:
+    """Wait for the processes to exit; kill those that take longer than `_EXIT_WAIT`."""
+    for process in processes:
+        process.join(_EXIT_WAIT)
+        if process.exitcode is None:
+            process.kill()
+            process.join()
