@@ -126,8 +126,9 @@ class ExecutionServer:
 
     `handlers` maps request handler names to importable module-level functions taking a
     `JobContext`, or is a `"package.module:ATTR"` string naming such a mapping. Ports of 0
-    are chosen by the OS. `executor_factory(workers)` builds the executor (default: a spawned
-    process pool); it is called again to replace a pool that broke. `clock` (monotonic
+    are chosen by the OS. `executor_factory(workers)` builds an executor to run handlers on
+    (by default the server starts worker processes of its own, docs/protocol.md §7); it is
+    called again to replace an executor that broke. `clock` (monotonic
     seconds) drives artifact expiry and uptime, and can be replaced in tests. With `curve`,
     every socket is a CurveZMQ server admitting the configured clients and the server's own
     workers (docs/scale-out.md).

@@ -1,9 +1,11 @@
-"""The executor the server runs handlers on, one generation at a time.
+"""The executor a server is given to run handlers on, one generation at a time.
 
-The default executor is a `ProcessPoolExecutor` using the `spawn` start method: the server
-holds ZeroMQ sockets and an event loop, which a forked child must never inherit. Any other
-`concurrent.futures.Executor` works (a Dask `Client.get_executor()`, a thread pool for tests of
-handlers that need no isolation) because the job and its outcome are plain values.
+By default the server runs handlers on worker processes of its own (`process_workers`). Given
+an `executor_factory`, it runs them on any `concurrent.futures.Executor` instead (a Dask
+`Client.get_executor()`, a thread pool for tests of handlers that need no isolation, or the
+process pool of `default_executor_factory`), because the job and its outcome are plain values.
+A process pool uses the `spawn` start method: the server holds ZeroMQ sockets and an event
+loop, which a forked child must never inherit.
 
 When a worker process dies, a process pool breaks: every future still in it fails with
 `BrokenProcessPool` and the pool ends its other workers. `WorkerPool` records, at the moment
