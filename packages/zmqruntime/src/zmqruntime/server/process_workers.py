@@ -125,7 +125,9 @@ class ProcessWorkers:
         return {worker.pid for worker in self._workers.values()}
 
     def kill_all(self) -> None:
-        """SIGKILL every worker (a forced shutdown); their deaths are handled as usual."""
+        """SIGKILL every worker (a forced shutdown): their deaths are handled as usual, but
+        none is replaced."""
+        self._closing = True
         for worker in self._workers.values():
             with contextlib.suppress(Exception):
                 worker.process.kill()
@@ -168,11 +170,13 @@ class ProcessWorkers:
         self._waiting.append((dispatch, self._codec.encode(message)))
         self._hand_out()
 
-    def ended(self, attempt: int, pid: int) -> Dispatch | None:
-        """Worker `pid` reported the end of `attempt`: its dispatch, or None if that worker
-        does not hold it (a stale or forged report)."""
+    def ended(self, execution_id: str, attempt: int, pid: int) -> Dispatch | None:
+        """Worker `pid` reported the end of `attempt` of `execution_id`: its dispatch, or
+        None (and nothing changed) if that worker does not hold it (a stale or forged report)."""
         worker = self._where.get(attempt)
         if worker is None or worker.pid != pid:
+            return None
+        if worker.assigned[attempt].execution_id != execution_id:
             return None
         del self._where[attempt]
         dispatch = worker.assigned.pop(attempt)

@@ -79,6 +79,7 @@ from zmqruntime.server.worker_runtime import (
     WorkerCurve,
     cancelled_outcome,
     failed_outcome,
+    wire_size,
     within_result_limit,
 )
 from zmqruntime.server.worker_stats import WorkerStats
@@ -580,10 +581,10 @@ class ExecutionServer:
 
     def _job_ended(self, message: JobEnded) -> None:
         """One of our workers reported how an attempt ended (after its other reports)."""
-        dispatch = (
-            None if self._workers is None else self._workers.ended(message.attempt, message.pid)
-        )
-        if dispatch is None or dispatch.execution_id != message.execution_id:
+        workers = self._workers
+        ended = message.execution_id, message.attempt, message.pid
+        dispatch = None if workers is None else workers.ended(*ended)
+        if dispatch is None:
             self.counters.rejected_malformed += 1
             log.info("ignored the end of attempt %d: no worker of ours holds it", message.attempt)
             return
@@ -594,7 +595,7 @@ class ExecutionServer:
             "reports": 0,
         }
         try:
-            self._finish(dispatch, outcome)
+            self._finish(dispatch, outcome, sized=True)  # the worker held it to result_limit
         except Exception as exc:
             self._finish_failed(dispatch, exc)
 
@@ -664,10 +665,12 @@ class ExecutionServer:
             self._finish_failed(dispatch, exc)
         self._pump()
 
-    def _finish(self, dispatch: Dispatch, outcome: JobOutcome) -> None:
+    def _finish(self, dispatch: Dispatch, outcome: JobOutcome, *, sized: bool = False) -> None:
+        """Record the attempt's outcome; unless `sized`, a result too large for its event
+        fails it first."""
         try:
-            limit = self._result_limit(dispatch.execution_id)
-            outcome = within_result_limit(outcome, limit)
+            if not sized:
+                outcome = within_result_limit(outcome, self._result_limit(dispatch.execution_id))
             self.scheduler.finish(dispatch.execution_id, dispatch.attempt, outcome)
         finally:
             self._forget_attempt(dispatch)
@@ -690,8 +693,9 @@ class ExecutionServer:
     def _result_limit(self, execution_id: str) -> int:
         """Most bytes the execution's result may take so its `execution` event still fits."""
         record = self.scheduler.lifecycle.get(execution_id)
-        label = record.label if record is not None and record.label else ""
-        return max(1, self.max_message_size - RECORD_ALLOWANCE - len(label.encode()))
+        label = record.label if record is not None else None
+        taken = wire_size(label) if label else 0
+        return max(1, self.max_message_size - RECORD_ALLOWANCE - taken)
 
     def _reports_missing(self, execution_id: str, expected: int) -> bool:
         """True if the attempt's outcome must wait for reports still on their way."""

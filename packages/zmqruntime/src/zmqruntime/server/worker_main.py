@@ -77,13 +77,14 @@ def serve_jobs(config: WorkerConfig) -> None:
     # Jobs carry params and an artifact, each up to the message limit: room for both.
     limit = 3 * config["max_message_size"]
     context: zmq.Context[Any] = zmq.Context()
+    # Reports go to the server's progress socket, which drops any message above its limit.
     channels = WorkerChannels(
         config["progress_endpoint"],
         config["events_endpoint"],
         key,
         config["curve"],
         context=context,
-        max_message_size=limit,
+        max_message_size=config["max_message_size"],
     )
     codec = WireCodec(key, max_message_size=limit)
     jobs: zmq.Socket[bytes] = context.socket(zmq.DEALER)

@@ -46,6 +46,7 @@ __all__ = [
     "result_size",
     "run_attempt",
     "run_job",
+    "wire_size",
     "within_result_limit",
     "worker_initializer",
 ]
@@ -309,10 +310,11 @@ def run_attempt(
 
 
 def within_result_limit(outcome: JobOutcome, limit: int) -> JobOutcome:
-    """The outcome, or, if its result takes more than `limit` bytes on the wire, a failure
-    saying so: such a result could never leave the server in its `execution` event."""
+    """The outcome, made to fit in an `execution` event: a result of more than `limit` bytes
+    on the wire fails the attempt saying so, and an error's message and traceback are cut
+    to `limit` bytes together. Either could otherwise never leave the server."""
     if outcome["kind"] != "complete":
-        return outcome
+        return _error_cut_to(outcome, limit)
     size = result_size(outcome["result"])
     if size <= limit:
         return outcome
@@ -322,6 +324,33 @@ def within_result_limit(outcome: JobOutcome, limit: int) -> JobOutcome:
         "(the server's max_message_size, less room for the rest of the record)",
         reports=outcome["reports"],
     )
+
+
+def wire_size(text: str) -> int:
+    """Bytes `text` takes as a JSON string on the wire (non-ASCII is written escaped)."""
+    return len(json.dumps(text))
+
+
+def _error_cut_to(outcome: JobOutcome, limit: int) -> JobOutcome:
+    error = outcome["error"]
+    if error is None:
+        return outcome
+    message, tb = str(error.get("message", "")), error.get("traceback")
+    fields = [message] if tb is None else [message, str(tb)]
+    if sum(wire_size(field) for field in fields) <= limit:
+        return outcome
+    share = max(64, limit // len(fields))
+    cut = [_cut(field, share) for field in fields]
+    return {**outcome, "error": {**error, "message": cut[0], "traceback": tb and cut[-1]}}
+
+
+def _cut(text: str, limit: int) -> str:
+    """`text`, shortened (keeping its start and end) to at most `limit` bytes as JSON."""
+    if wire_size(text) <= limit:
+        return text
+    keep = max(0, limit - 64) // 12  # a character takes at most 12 bytes escaped
+    head, tail = text[: keep // 2], text[len(text) - keep // 2 :] if keep > 1 else ""
+    return f"{head} [… {len(text) - len(head) - len(tail)} characters cut …] {tail}"
 
 
 _PR_SET_PDEATHSIG = 1

@@ -1,0 +1,638 @@
+"""The server's own worker processes fed over ZeroMQ (docs/protocol.md §7), end to end.
+
+Real servers, real spawned workers, real sockets: no head-of-line blocking behind a long job,
+a killed worker costs only its own attempt and is replaced, forged or stale reports on the
+progress channel change nothing, a cancelled attempt still waiting in the server is never
+sent (and a forced cancel of it ends no worker), a start and an end in one batch of reports
+leave no gap in `seq`, workers exit with their server (gracefully or killed), and results or
+errors too large for a message fail cleanly instead of hanging.
+
+Every wait is for an event or a reply under a deadline. Forged reports are followed, on the
+same PUSH socket, by a progress report for another running execution (the "marker"): one
+connection is read in order, so once the marker's event arrives every report sent before it
+has been handled.
+
+Three of these tests caught bugs when they were written; their docstrings say which.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+
+import numpy as np
+import psutil
+import pytest
+import zmq
+import zmq.asyncio
+
+from zmqruntime.codec import WireCodec
+from zmqruntime.connection import ConnectionInfo
+from zmqruntime.execution_status import ExecutionStatus
+from zmqruntime.messages import Cancel as CancelRequest
+from zmqruntime.messages import (
+    CancelNotice,
+    CancelReply,
+    ErrorCode,
+    ExecutionEvent,
+    ExecutionRecord,
+    Heartbeat,
+    JobEnded,
+    Message,
+    ServerStatus,
+    StatusReply,
+    StatusRequest,
+    Submit,
+    SubmitReply,
+    WorkerStarted,
+)
+from zmqruntime.progress import ProgressUpdate
+from zmqruntime.server import ServerProcess, start_server_process
+from zmqruntime.server.server import RECORD_ALLOWANCE, ExecutionServer
+from zmqruntime.server.worker_runtime import result_size
+from zmqruntime.testing import SAMPLE_HANDLERS, RawPeer, example_progress, serve_and_connect
+
+S = ExecutionStatus
+TERMINAL = (S.COMPLETE, S.FAILED, S.CANCELLED)
+#: Small enough that over-large results and errors are cheap to make.
+SMALL_MESSAGES = 256 * 1024
+
+pytestmark = pytest.mark.timeout(30)
+
+
+# -- requests -----------------------------------------------------------------------------
+
+
+async def submit(peer: RawPeer, handler: str, *, label: str | None = None, **params: Any) -> str:
+    reply = await peer.request(Submit(handler=handler, params=params, label=label))
+    assert isinstance(reply, SubmitReply), reply
+    return reply.execution_id
+
+
+async def status(peer: RawPeer, execution_id: str) -> StatusReply:
+    reply = await peer.request(StatusRequest(execution_id=execution_id))
+    assert isinstance(reply, StatusReply), reply
+    return reply
+
+
+async def server_status(peer: RawPeer) -> ServerStatus:
+    reply = await peer.request(StatusRequest(execution_id=None))
+    assert isinstance(reply, ServerStatus), reply
+    return reply
+
+
+async def cancel(peer: RawPeer, execution_id: str, *, force: bool = False) -> CancelReply:
+    reply = await peer.request(CancelRequest(execution_id=execution_id, force=force))
+    assert isinstance(reply, CancelReply), reply
+    return reply
+
+
+async def started_pid(peer: RawPeer, execution_id: str) -> int:
+    """Wait for the handler's `started` report; by then the server knows its worker's pid."""
+    await peer.wait_progress(execution_id)
+    record = (await status(peer, execution_id)).execution
+    assert record.status is S.RUNNING, record
+    assert record.worker_pid is not None
+    return record.worker_pid
+
+
+async def final(peer: RawPeer, execution_id: str, *, timeout: float = 15.0) -> ExecutionRecord:
+    return await peer.wait_status(execution_id, *TERMINAL, timeout=timeout)
+
+
+async def worker_pids(peer: RawPeer) -> set[int]:
+    return {worker.pid for worker in (await server_status(peer)).workers}
+
+
+async def next_heartbeat(peer: RawPeer) -> None:
+    """Wait for a heartbeat newer than every one received so far."""
+    last = max((e.message.seq for e in peer.events if isinstance(e.message, Heartbeat)), default=-1)
+    await peer.wait_event(lambda e: isinstance(e.message, Heartbeat) and e.message.seq > last)
+
+
+async def until(
+    peer: RawPeer, check: Callable[[], Awaitable[bool]], what: str, *, timeout: float = 10.0
+) -> None:
+    """Re-run `check` once per heartbeat until it returns True, under a deadline."""
+    try:
+        async with asyncio.timeout(timeout):
+            while not await check():
+                await next_heartbeat(peer)
+    except TimeoutError:
+        raise AssertionError(f"no {what} within {timeout} s") from None
+
+
+def record_statuses(peer: RawPeer, execution_id: str) -> list[ExecutionStatus]:
+    return [e.record.status for e in peer.events_of(execution_id) if isinstance(e, ExecutionEvent)]
+
+
+def cancel_notices(peer: RawPeer, execution_id: str) -> int:
+    return sum(
+        1
+        for e in peer.events
+        if e.topic == b"__cancel__"
+        and isinstance(e.message, CancelNotice)
+        and e.message.execution_id == execution_id
+    )
+
+
+def spawned_children() -> set[int]:
+    """Pids of this process's children started by multiprocessing's spawn (our workers; not
+    its resource tracker, which outlives every server)."""
+    found: set[int] = set()
+    for child in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if any("spawn_main" in part for part in child.cmdline()):
+                found.add(child.pid)
+    return found
+
+
+def gone(pid: int) -> bool:
+    """True if no process, not even a zombie (a child nobody reaped), has this pid."""
+    return not psutil.pid_exists(pid)
+
+
+# -- forging reports ------------------------------------------------------------------------
+
+
+class Forger:
+    """A PUSH socket on the server's progress channel, signing with the server's key (what a
+    buggy or stale worker, or anyone holding the connection file, could send)."""
+
+    def __init__(self, info: ConnectionInfo, peer: RawPeer) -> None:
+        self.codec = WireCodec(info.key)
+        self.peer = peer
+        self.context = zmq.asyncio.Context()
+        self.push = self.context.socket(zmq.PUSH)
+        self.push.setsockopt(zmq.LINGER, 0)
+        self.push.connect(info.progress)
+        self._markers = itertools.count(1)
+
+    async def send(self, message: Message) -> None:
+        await self.push.send_multipart(self.codec.encode(message))
+
+    async def marker(self, running_execution_id: str) -> None:
+        """Send a progress report for a running execution and wait for its event: every
+        report sent before it on this socket has been handled by then."""
+        text = f"marker {next(self._markers)}"
+        update = ProgressUpdate.from_wire(
+            example_progress(execution_id=running_execution_id, message=text)
+        )
+        await self.send(update)
+        await self.peer.wait_event(
+            lambda e: isinstance(e.message, ProgressUpdate) and e.message.message == text
+        )
+
+    def close(self) -> None:
+        self.push.close(linger=0)
+        self.context.term()
+
+
+@contextlib.asynccontextmanager
+async def forger(info: ConnectionInfo, peer: RawPeer) -> AsyncIterator[Forger]:
+    made = Forger(info, peer)
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+def forged_end(execution_id: str, attempt: int, pid: int) -> JobEnded:
+    return JobEnded(
+        execution_id=execution_id,
+        attempt=attempt,
+        pid=pid,
+        status=S.COMPLETE,
+        result={"forged": True},
+    )
+
+
+def attempt_of(server: ExecutionServer, execution_id: str) -> int:
+    """The server's number of the execution's attempt in flight (what a worker was told)."""
+    return dict(server.scheduler.in_flight())[execution_id]
+
+
+# -- scheduling -----------------------------------------------------------------------------
+
+
+def test_short_jobs_pass_a_long_one_on_the_other_worker() -> None:
+    """No head-of-line blocking: the jobs behind a long one all run on the idle worker."""
+
+    async def scenario() -> None:
+        async with serve_and_connect(workers=2) as (_, peer):
+            long = await submit(peer, "uncooperative", seconds=60)
+            shorts = [await submit(peer, "echo", i=i) for i in range(6)]
+            long_pid = await started_pid(peer, long)
+            records = [await final(peer, eid) for eid in shorts]
+            assert [r.status for r in records] == [S.COMPLETE] * 6
+            assert [r.result for r in records] == [{"i": i} for i in range(6)]
+            short_pids = {r.worker_pid for r in records}
+            assert len(short_pids) == 1, short_pids
+            (short_pid,) = short_pids
+            assert short_pid != long_pid
+            # The long one is still running, on its own worker, while all of that happened.
+            record = (await status(peer, long)).execution
+            assert (record.status, record.worker_pid) == (S.RUNNING, long_pid)
+            overview = await server_status(peer)
+            assert [r.execution_id for r in overview.running] == [long]
+            assert overview.queued == ()
+            assert {w.pid for w in overview.workers} == {long_pid, short_pid}
+
+    asyncio.run(scenario())
+
+
+def test_a_killed_worker_fails_only_its_own_attempt_and_is_replaced() -> None:
+    async def scenario() -> None:
+        async with serve_and_connect(workers=2) as (_, peer):
+            victim = await submit(peer, "uncooperative", seconds=60)
+            neighbour = await submit(peer, "wait_for_cancel", timeout=60)
+            waiting = await submit(peer, "echo", waited=True)  # both workers are busy
+            victim_pid = await started_pid(peer, victim)
+            neighbour_pid = await started_pid(peer, neighbour)
+            assert (await status(peer, waiting)).execution.status is S.QUEUED
+
+            os.kill(victim_pid, signal.SIGKILL)
+            lost = await final(peer, victim)
+            assert lost.status is S.FAILED
+            assert lost.error is not None
+            assert lost.error.code is ErrorCode.WORKER_LOST
+            assert str(victim_pid) in lost.error.message
+            assert "SIGKILL" in lost.error.message
+            assert lost.worker_pid == victim_pid
+
+            # The waiting attempt was never sent to the dead worker: it runs, once, on its
+            # replacement (the neighbour is still busy), with no trace of the loss.
+            done = await final(peer, waiting)
+            assert done.status is S.COMPLETE
+            assert done.result == {"waited": True}
+            replacement = done.worker_pid
+            assert replacement is not None
+            assert replacement not in {victim_pid, neighbour_pid}
+            assert record_statuses(peer, waiting) in (
+                [S.QUEUED, S.RUNNING, S.COMPLETE],
+                [S.QUEUED, S.COMPLETE],
+            )
+            assert await worker_pids(peer) == {neighbour_pid, replacement}
+            assert gone(victim_pid)  # reaped, not a zombie
+            assert (await status(peer, neighbour)).execution.status is S.RUNNING
+
+            again = await submit(peer, "echo", after=True)
+            record = await final(peer, again)
+            assert (record.status, record.worker_pid) == (S.COMPLETE, replacement)
+            counters = (await server_status(peer)).counters
+            assert (counters.completed, counters.failed) == (2, 1)
+
+    asyncio.run(scenario())
+
+
+# -- forged and stale reports ---------------------------------------------------------------
+
+
+def test_forged_or_stale_reports_are_dropped_and_the_real_outcome_stands() -> None:
+    async def scenario() -> None:
+        async with serve_and_connect(workers=2) as (server, peer):
+            blocker = await submit(peer, "wait_for_cancel", timeout=60)
+            target = await submit(peer, "sleep", seconds=1.0)
+            waiting = await submit(peer, "echo", real=True)  # waits in the server
+            blocker_pid = await started_pid(peer, blocker)
+            target_pid = await started_pid(peer, target)
+            target_attempt = attempt_of(server, target)
+            waiting_attempt = attempt_of(server, waiting)
+            malformed = server.counters.rejected_malformed
+            dropped = server.counters.progress_dropped
+            stranger = os.getpid()
+            async with forger(server.connection_info, peer) as forge:
+                ends = [
+                    forged_end(target, target_attempt, blocker_pid),  # another worker of ours
+                    forged_end(target, target_attempt, stranger),  # no worker of ours
+                    forged_end(target, target_attempt + 1000, target_pid),  # unknown attempt
+                    forged_end(waiting, waiting_attempt, blocker_pid),  # not sent to anyone
+                ]
+                for end in ends:
+                    await forge.send(end)
+                stale_starts = [
+                    WorkerStarted(execution_id=waiting, pid=stranger, attempt=waiting_attempt + 7),
+                    WorkerStarted(execution_id=target, pid=stranger, attempt=target_attempt + 7),
+                ]
+                for start in stale_starts:
+                    await forge.send(start)
+                await forge.marker(blocker)
+            assert server.counters.rejected_malformed == malformed + len(ends)
+            assert server.counters.progress_dropped == dropped + len(stale_starts)
+
+            real = await final(peer, target)
+            assert (real.status, real.result) == (S.COMPLETE, {"slept": 1.0})
+            assert real.worker_pid == target_pid
+            after = await final(peer, waiting)
+            assert (after.status, after.result) == (S.COMPLETE, {"real": True})
+            assert after.worker_pid == target_pid  # the blocker's worker is still busy
+            for eid in (target, waiting):
+                records = [e.record for e in peer.events_of(eid) if isinstance(e, ExecutionEvent)]
+                assert all(r.worker_pid in (None, target_pid) for r in records), records
+                assert all(r.result != {"forged": True} for r in records), records
+            assert (await status(peer, blocker)).execution.status is S.RUNNING
+
+    asyncio.run(scenario())
+
+
+def test_a_job_ended_naming_another_execution_changes_nothing() -> None:
+    """A `job_ended` with the right attempt and pid but another `execution_id` is refused
+    without taking the attempt off its worker, so the real `job_ended` still ends it. (It
+    used to take it off first: the real end was then refused as stale and the execution
+    stayed `running` forever.)"""
+
+    async def scenario() -> None:
+        async with serve_and_connect(workers=2) as (server, peer):
+            blocker = await submit(peer, "wait_for_cancel", timeout=60)
+            target = await submit(peer, "sleep", seconds=0.5)
+            await started_pid(peer, blocker)
+            target_pid = await started_pid(peer, target)
+            attempt = attempt_of(server, target)
+            malformed = server.counters.rejected_malformed
+            async with forger(server.connection_info, peer) as forge:
+                await forge.send(forged_end("f" * 32, attempt, target_pid))
+                await forge.marker(blocker)
+            assert server.counters.rejected_malformed == malformed + 1
+            record = await final(peer, target, timeout=5.0)
+            assert (record.status, record.result) == (S.COMPLETE, {"slept": 0.5})
+
+    asyncio.run(scenario())
+
+
+# -- cancellation ---------------------------------------------------------------------------
+
+
+def test_cancelling_attempts_waiting_in_the_server_ends_them_at_once_and_kills_nobody() -> None:
+    async def scenario() -> None:
+        async with serve_and_connect(workers=2) as (server, peer):
+            busy = [await submit(peer, "uncooperative", seconds=2.5) for _ in range(2)]
+            waiting = [await submit(peer, "echo", n=n) for n in range(2)]
+            pids = [await started_pid(peer, eid) for eid in busy]
+            assert len(set(pids)) == 2
+            in_flight = dict(server.scheduler.in_flight())
+            assert set(waiting) <= set(in_flight)  # dispatched, held back by the server
+
+            gentle = await cancel(peer, waiting[0])
+            forced = await cancel(peer, waiting[1], force=True)
+            for reply in (gentle, forced):
+                assert (reply.changed, reply.status) == (True, S.CANCELLED)
+            for eid in waiting:
+                record = await final(peer, eid)
+                assert record.status is S.CANCELLED
+                assert record.error is not None
+                assert record.error.code is ErrorCode.CANCELLED
+                assert record.worker_pid is None
+            # Premise: both workers were still busy all along.
+            for eid, pid in zip(busy, pids, strict=True):
+                record = (await status(peer, eid)).execution
+                assert (record.status, record.worker_pid) == (S.RUNNING, pid)
+            # Settled at once: the notice is not re-published with the next heartbeats, and
+            # the slots are free for new work.
+            for _ in range(3):
+                await next_heartbeat(peer)
+            assert [cancel_notices(peer, eid) for eid in waiting] == [1, 1]
+            assert not set(waiting) & {eid for eid, _ in server.scheduler.in_flight()}
+
+            follower = await submit(peer, "echo", follower=True)
+            for eid, pid in zip(busy, pids, strict=True):
+                record = await final(peer, eid)
+                assert (record.status, record.worker_pid) == (S.COMPLETE, pid)
+                assert record.result == {"done": True}
+            after = await final(peer, follower)
+            assert after.status is S.COMPLETE
+            assert after.worker_pid in pids
+            for eid in waiting:
+                assert record_statuses(peer, eid) == [S.QUEUED, S.CANCELLED]
+            assert await worker_pids(peer) == set(pids)
+            assert all(psutil.pid_exists(pid) for pid in pids)
+            assert (await server_status(peer)).counters.cancelled == 2
+
+    asyncio.run(scenario())
+
+
+# -- event sequence ---------------------------------------------------------------------------
+
+
+def check_sequence(events: list[ExecutionEvent | ProgressUpdate]) -> list[str]:
+    """The kinds of one execution's events, after checking that their `seq` runs 1, 2, 3, …
+    and that every progress event lies between its `running` and its end."""
+    assert [e.seq for e in events] == list(range(1, len(events) + 1)), events
+    kinds = ["progress" if isinstance(e, ProgressUpdate) else e.record.status.value for e in events]
+    assert kinds[0] == "queued"
+    assert kinds[-1] in {"complete", "failed", "cancelled"}
+    if "progress" in kinds:
+        first = kinds.index("progress")
+        assert kinds[:first] == ["queued", "running"], kinds
+        assert set(kinds[first:-1]) == {"progress"}, kinds
+    else:
+        assert kinds[1:-1] in ([], ["running"]), kinds
+    return kinds
+
+
+def test_event_sequences_have_no_gaps_when_start_and_end_share_a_batch() -> None:
+    """A fast job's `worker_started` and `job_ended` often arrive in one batch of reports;
+    then only its end is published. Either way its `seq` has no gap, and its end record
+    still says when it started and where it ran."""
+
+    async def scenario() -> None:
+        async with serve_and_connect(workers=2) as (_, peer):
+            fast = [await submit(peer, "echo", i=i) for i in range(24)]
+            chatty = [await submit(peer, "report", n=15, axes=["A01", "B02"]) for _ in range(3)]
+            for eid in [*fast, *chatty]:
+                record = await final(peer, eid)
+                assert record.status is S.COMPLETE
+                assert record.started_at is not None
+                assert record.worker_pid is not None
+            for eid in fast:
+                events = peer.events_of(eid)
+                check_sequence(events)
+                assert (await status(peer, eid)).seq == events[-1].seq
+            for eid in chatty:
+                events = peer.events_of(eid)
+                kinds = check_sequence(events)
+                assert kinds == ["queued", "running", *["progress"] * 15, "complete"]
+                progress = [e for e in events if isinstance(e, ProgressUpdate)]
+                assert [p.completed for p in progress] == list(range(1, 16))
+                assert (await status(peer, eid)).seq == 18
+
+    asyncio.run(scenario())
+
+
+# -- worker processes end with the server ---------------------------------------------------
+
+
+def test_graceful_shutdown_leaves_no_worker_process() -> None:
+    """Workers (a replacement among them) finish their jobs, then exit and are reaped."""
+
+    async def scenario() -> set[int]:
+        before = spawned_children()
+        server = ExecutionServer(SAMPLE_HANDLERS, workers=2, heartbeat_interval=0.1)
+        info = await server.start()
+        try:
+            async with RawPeer(info) as peer:
+                await peer.ready()
+                crash = await submit(peer, "exit_worker", how="kill")
+                lost = await final(peer, crash)
+                assert lost.status is S.FAILED
+                assert lost.error is not None
+                assert lost.error.code is ErrorCode.WORKER_LOST
+                assert lost.worker_pid is not None
+                # The first job holds the surviving worker long enough for the replacement
+                # (started when the crash was handled) to become ready and take the second.
+                jobs = [await submit(peer, "sleep", seconds=seconds) for seconds in (2.0, 0.5)]
+                pids = {await started_pid(peer, eid) for eid in jobs}
+                assert len(pids) == 2
+                assert lost.worker_pid not in pids
+                workers = await worker_pids(peer)
+                assert workers == pids
+                assert workers <= spawned_children() - before
+                cancelled = await server.shutdown()
+                assert cancelled == []
+                for eid in jobs:  # graceful: running jobs were let finish
+                    assert (await final(peer, eid)).status is S.COMPLETE
+        finally:
+            await server.shutdown(force=True)
+        assert server.closed
+        assert spawned_children() - before == set()
+        return {*pids, lost.worker_pid}
+
+    for pid in asyncio.run(scenario()):
+        assert gone(pid), pid
+
+
+@pytest.fixture
+def server_process() -> Iterator[list[ServerProcess]]:
+    """Server processes a test started; all stopped and reaped at the end."""
+    started: list[ServerProcess] = []
+    yield started
+    for process in started:
+        process.close()
+
+
+def test_workers_die_with_a_killed_server_idle_busy_and_replaced_alike(
+    server_process: list[ServerProcess],
+) -> None:
+    server = start_server_process(SAMPLE_HANDLERS, workers=2, heartbeat_interval=0.1)
+    server_process.append(server)
+
+    async def scenario() -> list[psutil.Process]:
+        async with RawPeer(server.info) as peer:
+            await peer.ready()
+            crash = await submit(peer, "exit_worker", how="kill")
+            dead = (await final(peer, crash)).worker_pid
+            assert dead is not None
+
+            async def replaced() -> bool:
+                pids = await worker_pids(peer)
+                return len(pids) == 2 and dead not in pids
+
+            await until(peer, replaced, "replacement worker")
+            busy = await submit(peer, "uncooperative", seconds=60)
+            busy_pid = await started_pid(peer, busy)
+            pids = await worker_pids(peer)
+            assert busy_pid in pids
+            workers = [psutil.Process(pid) for pid in pids]
+            assert all(w.ppid() == server.pid for w in workers)
+            return workers
+
+    workers = asyncio.run(scenario())
+    server.kill()
+    assert server.wait(10) == -signal.SIGKILL
+    _, alive = psutil.wait_procs(workers, timeout=10)
+    assert not alive, f"workers outlived their server: {alive}"
+
+
+# -- sizes ------------------------------------------------------------------------------------
+
+
+def largest_array_result(limit: int) -> int:
+    """The largest `size` whose `array_result` takes at most `limit` bytes."""
+
+    def size_of(n: int) -> int:
+        return result_size({"image": np.arange(n, dtype=np.float64), "size": n})
+
+    low, high = 1, limit // 8 + 1
+    while low < high:  # the answer lies in [low, high]
+        middle = (low + high + 1) // 2
+        if size_of(middle) <= limit:
+            low = middle
+        else:
+            high = middle - 1
+    assert size_of(low) <= limit < size_of(low + 1)
+    return low
+
+
+def test_results_too_large_for_a_message_fail_and_the_worker_goes_on() -> None:
+    async def scenario() -> None:
+        async with serve_and_connect(workers=1, max_message_size=SMALL_MESSAGES) as (_, peer):
+            limit = SMALL_MESSAGES - RECORD_ALLOWANCE
+            size = largest_array_result(limit)
+            fits = await final(peer, await submit(peer, "array_result", size=size))
+            assert fits.status is S.COMPLETE
+            np.testing.assert_array_equal(fits.result["image"], np.arange(size, dtype=np.float64))
+            pid = fits.worker_pid
+
+            over = await final(peer, await submit(peer, "array_result", size=size + 1))
+            assert over.status is S.FAILED
+            assert over.error is not None
+            assert over.error.code is ErrorCode.HANDLER_ERROR
+            assert "max_message_size" in over.error.message
+            assert str(limit) in over.error.message
+            # Params that just fit in a request, echoed back: too large for the event.
+            blob = "x" * (SMALL_MESSAGES - 1024)
+            echoed = await final(peer, await submit(peer, "echo", blob=blob))
+            assert echoed.status is S.FAILED
+            assert echoed.error is not None
+            assert echoed.error.code is ErrorCode.HANDLER_ERROR
+            assert "max_message_size" in echoed.error.message
+
+            after = await final(peer, await submit(peer, "echo", small=True))
+            assert (after.status, after.result) == (S.COMPLETE, {"small": True})
+            assert after.worker_pid == pid == over.worker_pid == echoed.worker_pid
+            assert await worker_pids(peer) == {pid}
+
+    asyncio.run(scenario())
+
+
+def test_a_huge_error_is_cut_to_fit_and_the_worker_goes_on() -> None:
+    """An error too large for a message (a 150 kB exception message, twice with its
+    traceback) is cut to fit, so the execution fails cleanly and its worker takes the next
+    job. (Uncut, the `job_ended` exceeded the progress socket's size limit: libzmq dropped
+    it with the connection and the execution stayed `running` forever.)"""
+
+    async def scenario() -> None:
+        async with serve_and_connect(workers=1, max_message_size=SMALL_MESSAGES) as (_, peer):
+            failing = await submit(peer, "fail", message="x" * 150_000)
+            record = await final(peer, failing, timeout=5.0)
+            assert record.status is S.FAILED
+            assert record.error is not None
+            assert record.error.code is ErrorCode.HANDLER_ERROR
+            after = await final(peer, await submit(peer, "echo", ok=True), timeout=5.0)
+            assert after.status is S.COMPLETE
+
+    asyncio.run(scenario())
+
+
+def test_a_result_at_the_limit_with_a_non_ascii_label_is_published() -> None:
+    """The room left for a result subtracts the label as the wire writes it (non-ASCII
+    escaped: `\\u00e9` is 6 bytes, not 2), so a result at the worker's limit still makes an
+    `execution` event that fits and is published."""
+
+    async def scenario() -> None:
+        async with serve_and_connect(workers=1, max_message_size=SMALL_MESSAGES) as (_, peer):
+            # 2000 non-ASCII characters: 4000 bytes of UTF-8, 12000 on the wire (a long
+            # label in a non-Latin script, or with emoji, does the same).
+            label = "é" * 2000
+            limit = SMALL_MESSAGES - RECORD_ALLOWANCE - len(label.encode())
+            size = largest_array_result(limit)
+            eid = await submit(peer, "array_result", size=size, label=label)
+            record = await final(peer, eid, timeout=5.0)
+            assert record.status in {S.COMPLETE, S.FAILED}
+            assert (await status(peer, eid)).execution == record
+
+    asyncio.run(scenario())
