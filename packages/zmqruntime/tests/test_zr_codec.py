@@ -33,6 +33,7 @@ from zmqruntime.messages import (
     ExecutionEvent,
     Ping,
     StatusReply,
+    StatusRequest,
     Submit,
 )
 from zmqruntime.schema import SchemaError
@@ -478,3 +479,19 @@ def test_wire_errors_are_typed_and_carry_their_code() -> None:
     assert "boom" in str(error)
     assert attrs.has(ErrorReply)
     assert error.to_reply().details == {}
+
+
+def test_a_message_encoded_again_reuses_its_body_never_its_msg_id() -> None:
+    """The codec keeps the last body's JSON text for a message sent again (an unchanged
+    status snapshot): the text must belong to that very message, and every envelope still
+    gets its own `msg_id` (32 hex digits) so none is refused as a replay."""
+    sender, receiver = WireCodec(KEY), WireCodec(KEY)
+    first = StatusRequest(execution_id="a" * 32)
+    equal_twin = StatusRequest(execution_id="a" * 32)
+    other = StatusRequest(execution_id="b" * 32)
+    sent = [first, first, other, first, equal_twin, Ping()]
+    received = [receiver.decode(sender.encode(message)) for message in sent]
+    assert [envelope.message for envelope in received] == sent
+    ids = [envelope.msg_id for envelope in received]
+    assert len(set(ids)) == len(ids)
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)

@@ -23,7 +23,6 @@ import itertools
 import os
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import Any
 
 import numpy as np
 import psutil
@@ -34,21 +33,14 @@ import zmq.asyncio
 from zmqruntime.codec import WireCodec
 from zmqruntime.connection import ConnectionInfo
 from zmqruntime.execution_status import ExecutionStatus
-from zmqruntime.messages import Cancel as CancelRequest
 from zmqruntime.messages import (
     CancelNotice,
-    CancelReply,
     ErrorCode,
     ExecutionEvent,
     ExecutionRecord,
     Heartbeat,
     JobEnded,
     Message,
-    ServerStatus,
-    StatusReply,
-    StatusRequest,
-    Submit,
-    SubmitReply,
     WorkerStarted,
 )
 from zmqruntime.progress import ProgressUpdate
@@ -68,45 +60,12 @@ pytestmark = pytest.mark.timeout(30)
 # -- requests -----------------------------------------------------------------------------
 
 
-async def submit(peer: RawPeer, handler: str, *, label: str | None = None, **params: Any) -> str:
-    reply = await peer.request(Submit(handler=handler, params=params, label=label))
-    assert isinstance(reply, SubmitReply), reply
-    return reply.execution_id
-
-
-async def status(peer: RawPeer, execution_id: str) -> StatusReply:
-    reply = await peer.request(StatusRequest(execution_id=execution_id))
-    assert isinstance(reply, StatusReply), reply
-    return reply
-
-
-async def server_status(peer: RawPeer) -> ServerStatus:
-    reply = await peer.request(StatusRequest(execution_id=None))
-    assert isinstance(reply, ServerStatus), reply
-    return reply
-
-
-async def cancel(peer: RawPeer, execution_id: str, *, force: bool = False) -> CancelReply:
-    reply = await peer.request(CancelRequest(execution_id=execution_id, force=force))
-    assert isinstance(reply, CancelReply), reply
-    return reply
-
-
-async def started_pid(peer: RawPeer, execution_id: str) -> int:
-    """Wait for the handler's `started` report; by then the server knows its worker's pid."""
-    await peer.wait_progress(execution_id)
-    record = (await status(peer, execution_id)).execution
-    assert record.status is S.RUNNING, record
-    assert record.worker_pid is not None
-    return record.worker_pid
-
-
 async def final(peer: RawPeer, execution_id: str, *, timeout: float = 15.0) -> ExecutionRecord:
     return await peer.wait_status(execution_id, *TERMINAL, timeout=timeout)
 
 
 async def worker_pids(peer: RawPeer) -> set[int]:
-    return {worker.pid for worker in (await server_status(peer)).workers}
+    return {worker.pid for worker in (await peer.server_status()).workers}
 
 
 async def next_heartbeat(peer: RawPeer) -> None:
@@ -225,9 +184,9 @@ def test_short_jobs_pass_a_long_one_on_the_other_worker() -> None:
 
     async def scenario() -> None:
         async with serve_and_connect(workers=2) as (_, peer):
-            long = await submit(peer, "uncooperative", seconds=60)
-            shorts = [await submit(peer, "echo", i=i) for i in range(6)]
-            long_pid = await started_pid(peer, long)
+            long = await peer.submit("uncooperative", seconds=60)
+            shorts = [await peer.submit("echo", i=i) for i in range(6)]
+            long_pid = await peer.started_pid(long)
             records = [await final(peer, eid) for eid in shorts]
             assert [r.status for r in records] == [S.COMPLETE] * 6
             assert [r.result for r in records] == [{"i": i} for i in range(6)]
@@ -236,9 +195,9 @@ def test_short_jobs_pass_a_long_one_on_the_other_worker() -> None:
             (short_pid,) = short_pids
             assert short_pid != long_pid
             # The long one is still running, on its own worker, while all of that happened.
-            record = (await status(peer, long)).execution
+            record = (await peer.status(long)).execution
             assert (record.status, record.worker_pid) == (S.RUNNING, long_pid)
-            overview = await server_status(peer)
+            overview = await peer.server_status()
             assert [r.execution_id for r in overview.running] == [long]
             assert overview.queued == ()
             assert {w.pid for w in overview.workers} == {long_pid, short_pid}
@@ -249,12 +208,12 @@ def test_short_jobs_pass_a_long_one_on_the_other_worker() -> None:
 def test_a_killed_worker_fails_only_its_own_attempt_and_is_replaced() -> None:
     async def scenario() -> None:
         async with serve_and_connect(workers=2) as (_, peer):
-            victim = await submit(peer, "uncooperative", seconds=60)
-            neighbour = await submit(peer, "wait_for_cancel", timeout=60)
-            waiting = await submit(peer, "echo", waited=True)  # both workers are busy
-            victim_pid = await started_pid(peer, victim)
-            neighbour_pid = await started_pid(peer, neighbour)
-            assert (await status(peer, waiting)).execution.status is S.QUEUED
+            victim = await peer.submit("uncooperative", seconds=60)
+            neighbour = await peer.submit("wait_for_cancel", timeout=60)
+            waiting = await peer.submit("echo", waited=True)  # both workers are busy
+            victim_pid = await peer.started_pid(victim)
+            neighbour_pid = await peer.started_pid(neighbour)
+            assert (await peer.status(waiting)).execution.status is S.QUEUED
 
             os.kill(victim_pid, signal.SIGKILL)
             lost = await final(peer, victim)
@@ -279,12 +238,12 @@ def test_a_killed_worker_fails_only_its_own_attempt_and_is_replaced() -> None:
             )
             assert await worker_pids(peer) == {neighbour_pid, replacement}
             assert gone(victim_pid)  # reaped, not a zombie
-            assert (await status(peer, neighbour)).execution.status is S.RUNNING
+            assert (await peer.status(neighbour)).execution.status is S.RUNNING
 
-            again = await submit(peer, "echo", after=True)
+            again = await peer.submit("echo", after=True)
             record = await final(peer, again)
             assert (record.status, record.worker_pid) == (S.COMPLETE, replacement)
-            counters = (await server_status(peer)).counters
+            counters = (await peer.server_status()).counters
             assert (counters.completed, counters.failed) == (2, 1)
 
     asyncio.run(scenario())
@@ -296,11 +255,11 @@ def test_a_killed_worker_fails_only_its_own_attempt_and_is_replaced() -> None:
 def test_forged_or_stale_reports_are_dropped_and_the_real_outcome_stands() -> None:
     async def scenario() -> None:
         async with serve_and_connect(workers=2) as (server, peer):
-            blocker = await submit(peer, "wait_for_cancel", timeout=60)
-            target = await submit(peer, "sleep", seconds=1.0)
-            waiting = await submit(peer, "echo", real=True)  # waits in the server
-            blocker_pid = await started_pid(peer, blocker)
-            target_pid = await started_pid(peer, target)
+            blocker = await peer.submit("wait_for_cancel", timeout=60)
+            target = await peer.submit("sleep", seconds=1.0)
+            waiting = await peer.submit("echo", real=True)  # waits in the server
+            blocker_pid = await peer.started_pid(blocker)
+            target_pid = await peer.started_pid(target)
             target_attempt = attempt_of(server, target)
             waiting_attempt = attempt_of(server, waiting)
             malformed = server.counters.rejected_malformed
@@ -335,7 +294,7 @@ def test_forged_or_stale_reports_are_dropped_and_the_real_outcome_stands() -> No
                 records = [e.record for e in peer.events_of(eid) if isinstance(e, ExecutionEvent)]
                 assert all(r.worker_pid in (None, target_pid) for r in records), records
                 assert all(r.result != {"forged": True} for r in records), records
-            assert (await status(peer, blocker)).execution.status is S.RUNNING
+            assert (await peer.status(blocker)).execution.status is S.RUNNING
 
     asyncio.run(scenario())
 
@@ -348,10 +307,10 @@ def test_a_job_ended_naming_another_execution_changes_nothing() -> None:
 
     async def scenario() -> None:
         async with serve_and_connect(workers=2) as (server, peer):
-            blocker = await submit(peer, "wait_for_cancel", timeout=60)
-            target = await submit(peer, "sleep", seconds=0.5)
-            await started_pid(peer, blocker)
-            target_pid = await started_pid(peer, target)
+            blocker = await peer.submit("wait_for_cancel", timeout=60)
+            target = await peer.submit("sleep", seconds=0.5)
+            await peer.started_pid(blocker)
+            target_pid = await peer.started_pid(target)
             attempt = attempt_of(server, target)
             malformed = server.counters.rejected_malformed
             async with forger(server.connection_info, peer) as forge:
@@ -370,15 +329,15 @@ def test_a_job_ended_naming_another_execution_changes_nothing() -> None:
 def test_cancelling_attempts_waiting_in_the_server_ends_them_at_once_and_kills_nobody() -> None:
     async def scenario() -> None:
         async with serve_and_connect(workers=2) as (server, peer):
-            busy = [await submit(peer, "uncooperative", seconds=2.5) for _ in range(2)]
-            waiting = [await submit(peer, "echo", n=n) for n in range(2)]
-            pids = [await started_pid(peer, eid) for eid in busy]
+            busy = [await peer.submit("uncooperative", seconds=2.5) for _ in range(2)]
+            waiting = [await peer.submit("echo", n=n) for n in range(2)]
+            pids = [await peer.started_pid(eid) for eid in busy]
             assert len(set(pids)) == 2
             in_flight = dict(server.scheduler.in_flight())
             assert set(waiting) <= set(in_flight)  # dispatched, held back by the server
 
-            gentle = await cancel(peer, waiting[0])
-            forced = await cancel(peer, waiting[1], force=True)
+            gentle = await peer.cancel(waiting[0])
+            forced = await peer.cancel(waiting[1], force=True)
             for reply in (gentle, forced):
                 assert (reply.changed, reply.status) == (True, S.CANCELLED)
             for eid in waiting:
@@ -389,7 +348,7 @@ def test_cancelling_attempts_waiting_in_the_server_ends_them_at_once_and_kills_n
                 assert record.worker_pid is None
             # Premise: both workers were still busy all along.
             for eid, pid in zip(busy, pids, strict=True):
-                record = (await status(peer, eid)).execution
+                record = (await peer.status(eid)).execution
                 assert (record.status, record.worker_pid) == (S.RUNNING, pid)
             # Settled at once: the notice is not re-published with the next heartbeats, and
             # the slots are free for new work.
@@ -398,7 +357,7 @@ def test_cancelling_attempts_waiting_in_the_server_ends_them_at_once_and_kills_n
             assert [cancel_notices(peer, eid) for eid in waiting] == [1, 1]
             assert not set(waiting) & {eid for eid, _ in server.scheduler.in_flight()}
 
-            follower = await submit(peer, "echo", follower=True)
+            follower = await peer.submit("echo", follower=True)
             for eid, pid in zip(busy, pids, strict=True):
                 record = await final(peer, eid)
                 assert (record.status, record.worker_pid) == (S.COMPLETE, pid)
@@ -410,7 +369,7 @@ def test_cancelling_attempts_waiting_in_the_server_ends_them_at_once_and_kills_n
                 assert record_statuses(peer, eid) == [S.QUEUED, S.CANCELLED]
             assert await worker_pids(peer) == set(pids)
             assert all(psutil.pid_exists(pid) for pid in pids)
-            assert (await server_status(peer)).counters.cancelled == 2
+            assert (await peer.server_status()).counters.cancelled == 2
 
     asyncio.run(scenario())
 
@@ -441,8 +400,8 @@ def test_event_sequences_have_no_gaps_when_start_and_end_share_a_batch() -> None
 
     async def scenario() -> None:
         async with serve_and_connect(workers=2) as (_, peer):
-            fast = [await submit(peer, "echo", i=i) for i in range(24)]
-            chatty = [await submit(peer, "report", n=15, axes=["A01", "B02"]) for _ in range(3)]
+            fast = [await peer.submit("echo", i=i) for i in range(24)]
+            chatty = [await peer.submit("report", n=15, axes=["A01", "B02"]) for _ in range(3)]
             for eid in [*fast, *chatty]:
                 record = await final(peer, eid)
                 assert record.status is S.COMPLETE
@@ -451,14 +410,14 @@ def test_event_sequences_have_no_gaps_when_start_and_end_share_a_batch() -> None
             for eid in fast:
                 events = peer.events_of(eid)
                 check_sequence(events)
-                assert (await status(peer, eid)).seq == events[-1].seq
+                assert (await peer.status(eid)).seq == events[-1].seq
             for eid in chatty:
                 events = peer.events_of(eid)
                 kinds = check_sequence(events)
                 assert kinds == ["queued", "running", *["progress"] * 15, "complete"]
                 progress = [e for e in events if isinstance(e, ProgressUpdate)]
                 assert [p.completed for p in progress] == list(range(1, 16))
-                assert (await status(peer, eid)).seq == 18
+                assert (await peer.status(eid)).seq == 18
 
     asyncio.run(scenario())
 
@@ -476,7 +435,7 @@ def test_graceful_shutdown_leaves_no_worker_process() -> None:
         try:
             async with RawPeer(info) as peer:
                 await peer.ready()
-                crash = await submit(peer, "exit_worker", how="kill")
+                crash = await peer.submit("exit_worker", how="kill")
                 lost = await final(peer, crash)
                 assert lost.status is S.FAILED
                 assert lost.error is not None
@@ -484,8 +443,8 @@ def test_graceful_shutdown_leaves_no_worker_process() -> None:
                 assert lost.worker_pid is not None
                 # The first job holds the surviving worker long enough for the replacement
                 # (started when the crash was handled) to become ready and take the second.
-                jobs = [await submit(peer, "sleep", seconds=seconds) for seconds in (2.0, 0.5)]
-                pids = {await started_pid(peer, eid) for eid in jobs}
+                jobs = [await peer.submit("sleep", seconds=seconds) for seconds in (2.0, 0.5)]
+                pids = {await peer.started_pid(eid) for eid in jobs}
                 assert len(pids) == 2
                 assert lost.worker_pid not in pids
                 workers = await worker_pids(peer)
@@ -523,7 +482,7 @@ def test_workers_die_with_a_killed_server_idle_busy_and_replaced_alike(
     async def scenario() -> list[psutil.Process]:
         async with RawPeer(server.info) as peer:
             await peer.ready()
-            crash = await submit(peer, "exit_worker", how="kill")
+            crash = await peer.submit("exit_worker", how="kill")
             dead = (await final(peer, crash)).worker_pid
             assert dead is not None
 
@@ -532,8 +491,8 @@ def test_workers_die_with_a_killed_server_idle_busy_and_replaced_alike(
                 return len(pids) == 2 and dead not in pids
 
             await until(peer, replaced, "replacement worker")
-            busy = await submit(peer, "uncooperative", seconds=60)
-            busy_pid = await started_pid(peer, busy)
+            busy = await peer.submit("uncooperative", seconds=60)
+            busy_pid = await peer.started_pid(busy)
             pids = await worker_pids(peer)
             assert busy_pid in pids
             workers = [psutil.Process(pid) for pid in pids]
@@ -572,12 +531,12 @@ def test_results_too_large_for_a_message_fail_and_the_worker_goes_on() -> None:
         async with serve_and_connect(workers=1, max_message_size=SMALL_MESSAGES) as (_, peer):
             limit = SMALL_MESSAGES - RECORD_ALLOWANCE
             size = largest_array_result(limit)
-            fits = await final(peer, await submit(peer, "array_result", size=size))
+            fits = await final(peer, await peer.submit("array_result", size=size))
             assert fits.status is S.COMPLETE
             np.testing.assert_array_equal(fits.result["image"], np.arange(size, dtype=np.float64))
             pid = fits.worker_pid
 
-            over = await final(peer, await submit(peer, "array_result", size=size + 1))
+            over = await final(peer, await peer.submit("array_result", size=size + 1))
             assert over.status is S.FAILED
             assert over.error is not None
             assert over.error.code is ErrorCode.HANDLER_ERROR
@@ -585,13 +544,13 @@ def test_results_too_large_for_a_message_fail_and_the_worker_goes_on() -> None:
             assert str(limit) in over.error.message
             # Params that just fit in a request, echoed back: too large for the event.
             blob = "x" * (SMALL_MESSAGES - 1024)
-            echoed = await final(peer, await submit(peer, "echo", blob=blob))
+            echoed = await final(peer, await peer.submit("echo", blob=blob))
             assert echoed.status is S.FAILED
             assert echoed.error is not None
             assert echoed.error.code is ErrorCode.HANDLER_ERROR
             assert "max_message_size" in echoed.error.message
 
-            after = await final(peer, await submit(peer, "echo", small=True))
+            after = await final(peer, await peer.submit("echo", small=True))
             assert (after.status, after.result) == (S.COMPLETE, {"small": True})
             assert after.worker_pid == pid == over.worker_pid == echoed.worker_pid
             assert await worker_pids(peer) == {pid}
@@ -607,12 +566,12 @@ def test_a_huge_error_is_cut_to_fit_and_the_worker_goes_on() -> None:
 
     async def scenario() -> None:
         async with serve_and_connect(workers=1, max_message_size=SMALL_MESSAGES) as (_, peer):
-            failing = await submit(peer, "fail", message="x" * 150_000)
+            failing = await peer.submit("fail", message="x" * 150_000)
             record = await final(peer, failing, timeout=5.0)
             assert record.status is S.FAILED
             assert record.error is not None
             assert record.error.code is ErrorCode.HANDLER_ERROR
-            after = await final(peer, await submit(peer, "echo", ok=True), timeout=5.0)
+            after = await final(peer, await peer.submit("echo", ok=True), timeout=5.0)
             assert after.status is S.COMPLETE
 
     asyncio.run(scenario())
@@ -630,9 +589,9 @@ def test_a_result_at_the_limit_with_a_non_ascii_label_is_published() -> None:
             label = "é" * 2000
             limit = SMALL_MESSAGES - RECORD_ALLOWANCE - len(label.encode())
             size = largest_array_result(limit)
-            eid = await submit(peer, "array_result", size=size, label=label)
+            eid = await peer.submit("array_result", size=size, label=label)
             record = await final(peer, eid, timeout=5.0)
             assert record.status in {S.COMPLETE, S.FAILED}
-            assert (await status(peer, eid)).execution == record
+            assert (await peer.status(eid)).execution == record
 
     asyncio.run(scenario())

@@ -9,25 +9,19 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from typing import Any
 
 import numpy as np
 import psutil
 import pytest
 
 from zmqruntime.execution_status import ExecutionStatus
-from zmqruntime.messages import Cancel as CancelRequest
 from zmqruntime.messages import (
-    CancelReply,
     ErrorCode,
     ErrorReply,
     ExecutionEvent,
     ExecutionRecord,
     Ping,
     Pong,
-    ServerStatus,
-    StatusReply,
-    StatusRequest,
     Submit,
     SubmitReply,
 )
@@ -38,39 +32,6 @@ S = ExecutionStatus
 TERMINAL = (S.COMPLETE, S.FAILED, S.CANCELLED)
 
 
-async def submit(peer: RawPeer, handler: str, **params: Any) -> str:
-    reply = await peer.request(Submit(handler=handler, params=params))
-    assert isinstance(reply, SubmitReply), reply
-    return reply.execution_id
-
-
-async def status(peer: RawPeer, execution_id: str) -> StatusReply:
-    reply = await peer.request(StatusRequest(execution_id=execution_id))
-    assert isinstance(reply, StatusReply), reply
-    return reply
-
-
-async def server_status(peer: RawPeer) -> ServerStatus:
-    reply = await peer.request(StatusRequest(execution_id=None))
-    assert isinstance(reply, ServerStatus), reply
-    return reply
-
-
-async def cancel(peer: RawPeer, execution_id: str, *, force: bool = False) -> CancelReply:
-    reply = await peer.request(CancelRequest(execution_id=execution_id, force=force))
-    assert isinstance(reply, CancelReply), reply
-    return reply
-
-
-async def started_pid(peer: RawPeer, execution_id: str) -> int:
-    """Wait for the handler's `started` report; by then the server knows its worker's pid."""
-    await peer.wait_progress(execution_id)
-    record = (await status(peer, execution_id)).execution
-    assert record.status is S.RUNNING
-    assert record.worker_pid is not None
-    return record.worker_pid
-
-
 async def final(peer: RawPeer, execution_id: str) -> ExecutionRecord:
     return await peer.wait_status(execution_id, *TERMINAL)
 
@@ -78,7 +39,7 @@ async def final(peer: RawPeer, execution_id: str) -> ExecutionRecord:
 def test_progress_arrives_in_sequence_before_the_result() -> None:
     async def scenario() -> None:
         async with serve_and_connect(workers=1) as (_, peer):
-            eid = await submit(peer, "report", n=20, axes=["A01", "A02", "B01"])
+            eid = await peer.submit("report", n=20, axes=["A01", "A02", "B01"])
             record = await final(peer, eid)
             assert record.status is S.COMPLETE
             assert record.result == {"reported": 20}
@@ -92,7 +53,7 @@ def test_progress_arrives_in_sequence_before_the_result() -> None:
             progress = [e for e in seen if isinstance(e, ProgressUpdate)]
             assert [p.completed for p in progress] == list(range(1, 21))
             assert progress[-1].percent == 100.0
-            snapshot = await status(peer, eid)
+            snapshot = await peer.status(eid)
             assert snapshot.seq == 23
             assert snapshot.execution == record
             assert snapshot.latest_progress == progress[-1]
@@ -104,9 +65,9 @@ def test_progress_arrives_in_sequence_before_the_result() -> None:
 def test_results_failures_and_bad_results() -> None:
     async def scenario() -> None:
         async with serve_and_connect(workers=2) as (_, peer):
-            array_id = await submit(peer, "array_result", size=100_000)
-            fail_id = await submit(peer, "fail", message="no such well")
-            bad_id = await submit(peer, "bad_result")
+            array_id = await peer.submit("array_result", size=100_000)
+            fail_id = await peer.submit("fail", message="no such well")
+            bad_id = await peer.submit("bad_result")
             done = await final(peer, array_id)
             assert done.status is S.COMPLETE
             image = done.result["image"]
@@ -126,7 +87,7 @@ def test_results_failures_and_bad_results() -> None:
             assert bad.error.code is ErrorCode.HANDLER_ERROR
             assert "not JSON" in bad.error.message
             assert "result.oops" in bad.error.message
-            counters = (await server_status(peer)).counters
+            counters = (await peer.server_status()).counters
             assert (counters.completed, counters.failed) == (1, 2)
 
     asyncio.run(scenario())
@@ -135,26 +96,26 @@ def test_results_failures_and_bad_results() -> None:
 def test_queue_positions_are_exact_and_a_queued_cancel_never_starts() -> None:
     async def scenario() -> None:
         async with serve_and_connect(workers=1) as (_, peer):
-            blocker = await submit(peer, "wait_for_cancel")
-            await started_pid(peer, blocker)
+            blocker = await peer.submit("wait_for_cancel")
+            await peer.started_pid(blocker)
             replies = [
                 await peer.request(Submit(handler="echo", params={"i": i})) for i in range(3)
             ]
             assert [r.queue_position for r in replies] == [1, 2, 3]
             ids = [r.execution_id for r in replies]
-            snapshot = await server_status(peer)
+            snapshot = await peer.server_status()
             assert [q.execution_id for q in snapshot.queued] == ids
             assert [q.queue_position for q in snapshot.queued] == [1, 2, 3]
             assert [r.execution_id for r in snapshot.running] == [blocker]
-            gone = await cancel(peer, ids[1])
+            gone = await peer.cancel(ids[1])
             assert gone.changed
             assert gone.status is S.CANCELLED
-            snapshot = await server_status(peer)
+            snapshot = await peer.server_status()
             assert [(q.execution_id, q.queue_position) for q in snapshot.queued] == [
                 (ids[0], 1),
                 (ids[2], 2),
             ]
-            await cancel(peer, blocker)
+            await peer.cancel(blocker)
             for eid in (ids[0], ids[2]):
                 assert (await final(peer, eid)).status is S.COMPLETE
             statuses = [
@@ -168,11 +129,11 @@ def test_queue_positions_are_exact_and_a_queued_cancel_never_starts() -> None:
 def test_a_worker_killed_mid_job_fails_that_execution_only() -> None:
     async def scenario() -> None:
         async with serve_and_connect(workers=2) as (_, peer):
-            victim = await submit(peer, "uncooperative", seconds=60)
-            neighbour = await submit(peer, "sleep", seconds=0.5)
-            queued = await submit(peer, "sleep", seconds=0.1)
-            pid = await started_pid(peer, victim)
-            await started_pid(peer, neighbour)
+            victim = await peer.submit("uncooperative", seconds=60)
+            neighbour = await peer.submit("sleep", seconds=0.5)
+            queued = await peer.submit("sleep", seconds=0.1)
+            pid = await peer.started_pid(victim)
+            await peer.started_pid(neighbour)
             os.kill(pid, signal.SIGKILL)
             lost = await final(peer, victim)
             assert lost.status is S.FAILED
@@ -184,9 +145,9 @@ def test_a_worker_killed_mid_job_fails_that_execution_only() -> None:
             assert (await final(peer, neighbour)).status is S.COMPLETE
             assert (await final(peer, queued)).status is S.COMPLETE
             assert isinstance(await peer.request(Ping()), Pong)
-            again = await submit(peer, "echo", ok=True)
+            again = await peer.submit("echo", ok=True)
             assert (await final(peer, again)).result == {"ok": True}
-            assert pid not in {w.pid for w in (await server_status(peer)).workers}
+            assert pid not in {w.pid for w in (await peer.server_status()).workers}
 
     asyncio.run(scenario())
 
@@ -194,13 +155,13 @@ def test_a_worker_killed_mid_job_fails_that_execution_only() -> None:
 def test_a_handler_that_ends_its_own_worker_fails_with_worker_lost() -> None:
     async def scenario() -> None:
         async with serve_and_connect(workers=1) as (_, peer):
-            eid = await submit(peer, "exit_worker", how="exit")
+            eid = await peer.submit("exit_worker", how="exit")
             record = await final(peer, eid)
             assert record.status is S.FAILED
             assert record.error is not None
             assert record.error.code is ErrorCode.WORKER_LOST
             assert "exited with code 3" in record.error.message
-            after = await submit(peer, "echo", x=1)
+            after = await peer.submit("echo", x=1)
             assert (await final(peer, after)).status is S.COMPLETE
 
     asyncio.run(scenario())
@@ -209,10 +170,10 @@ def test_a_handler_that_ends_its_own_worker_fails_with_worker_lost() -> None:
 def test_cancel_one_of_three_running_executions() -> None:
     async def scenario() -> None:
         async with serve_and_connect(workers=3) as (_, peer):
-            ids = [await submit(peer, "sleep", seconds=1.0) for _ in range(3)]
+            ids = [await peer.submit("sleep", seconds=1.0) for _ in range(3)]
             for eid in ids:
-                await started_pid(peer, eid)
-            reply = await cancel(peer, ids[1])
+                await peer.started_pid(eid)
+            reply = await peer.cancel(ids[1])
             assert reply.changed
             assert reply.status is S.CANCELLED
             record = await final(peer, ids[1])
@@ -221,10 +182,10 @@ def test_cancel_one_of_three_running_executions() -> None:
             assert record.error.code is ErrorCode.CANCELLED
             assert (await final(peer, ids[0])).status is S.COMPLETE
             assert (await final(peer, ids[2])).status is S.COMPLETE
-            assert (await status(peer, ids[1])).execution == record  # still cancelled
-            again = await cancel(peer, ids[1])
+            assert (await peer.status(ids[1])).execution == record  # still cancelled
+            again = await peer.cancel(ids[1])
             assert (again.changed, again.status) == (False, S.CANCELLED)
-            done = await cancel(peer, ids[0])
+            done = await peer.cancel(ids[0])
             assert (done.changed, done.status) == (False, S.COMPLETE)
 
     asyncio.run(scenario())
@@ -233,19 +194,19 @@ def test_cancel_one_of_three_running_executions() -> None:
 def test_force_cancel_ends_that_worker_and_the_others_complete() -> None:
     async def scenario() -> None:
         async with serve_and_connect(workers=3) as (_, peer):
-            target = await submit(peer, "uncooperative", seconds=60)
-            others = [await submit(peer, "sleep", seconds=0.5) for _ in range(2)]
-            pid = await started_pid(peer, target)
+            target = await peer.submit("uncooperative", seconds=60)
+            others = [await peer.submit("sleep", seconds=0.5) for _ in range(2)]
+            pid = await peer.started_pid(target)
             for eid in others:
-                await started_pid(peer, eid)
+                await peer.started_pid(eid)
             process = psutil.Process(pid)
-            reply = await cancel(peer, target, force=True)
+            reply = await peer.cancel(target, force=True)
             assert reply.changed
             assert reply.status is S.CANCELLED
             await asyncio.to_thread(process.wait, 10)  # the worker process is ended
             for eid in others:
                 assert (await final(peer, eid)).status is S.COMPLETE
-            record = (await status(peer, target)).execution
+            record = (await peer.status(target)).execution
             assert record.status is S.CANCELLED
             assert record.error is not None
             assert record.error.code is ErrorCode.CANCELLED
@@ -256,13 +217,13 @@ def test_force_cancel_ends_that_worker_and_the_others_complete() -> None:
 def test_a_result_returned_after_cancellation_is_ignored() -> None:
     async def scenario() -> None:
         async with serve_and_connect(workers=1) as (_, peer):
-            eid = await submit(peer, "ignore_cancel")
-            await started_pid(peer, eid)
-            assert (await cancel(peer, eid)).changed
+            eid = await peer.submit("ignore_cancel")
+            await peer.started_pid(eid)
+            assert (await peer.cancel(eid)).changed
             # One worker: the next execution starts only once the late result came back.
-            follower = await submit(peer, "echo", n=1)
+            follower = await peer.submit("echo", n=1)
             assert (await final(peer, follower)).status is S.COMPLETE
-            record = (await status(peer, eid)).execution
+            record = (await peer.status(eid)).execution
             assert record.status is S.CANCELLED
             assert record.result is None
             statuses = [
@@ -302,17 +263,17 @@ def test_compile_artifacts_are_used_and_expire() -> None:
             assert record.compile_artifact_id == artifact_id
             # Expires before it is handed to a worker: the execution fails artifact_missing.
             # (The one worker runs a blocker and holds the next attempt, a second blocker.)
-            blocker = await submit(peer, "wait_for_cancel")
-            await started_pid(peer, blocker)
-            held = await submit(peer, "wait_for_cancel")
+            blocker = await peer.submit("wait_for_cancel")
+            await peer.started_pid(blocker)
+            held = await peer.submit("wait_for_cancel")
             late = await peer.request(
                 Submit(handler="execute", params={}, compile_artifact_id=artifact_id)
             )
             assert isinstance(late, SubmitReply)
             assert late.queue_position == 2
             clock.now += 61.0
-            await cancel(peer, held)
-            await cancel(peer, blocker)
+            await peer.cancel(held)
+            await peer.cancel(blocker)
             expired = await final(peer, late.execution_id)
             assert expired.status is S.FAILED
             assert expired.error is not None
@@ -332,17 +293,17 @@ def test_compile_artifacts_are_used_and_expire() -> None:
 def test_worker_figures_are_real() -> None:
     async def scenario() -> None:
         async with serve_and_connect(workers=1) as (_, peer):
-            eid = await submit(peer, "burn_cpu", timeout=20)
-            pid = await started_pid(peer, eid)
+            eid = await peer.submit("burn_cpu", timeout=20)
+            pid = await peer.started_pid(eid)
             async with asyncio.timeout(15):
                 while True:
-                    workers = (await server_status(peer)).workers
+                    workers = (await peer.server_status()).workers
                     mine = [w for w in workers if w.pid == pid]
                     if mine and mine[0].cpu_percent > 0:
                         break
             assert mine[0].execution_id == eid
             assert mine[0].memory_mb > 1.0
-            await cancel(peer, eid)
+            await peer.cancel(eid)
             assert (await final(peer, eid)).status is S.CANCELLED
 
     asyncio.run(scenario())
@@ -351,14 +312,14 @@ def test_worker_figures_are_real() -> None:
 def test_a_result_too_large_for_any_message_fails_clearly() -> None:
     async def scenario() -> None:
         async with serve_and_connect(workers=1, max_message_size=256 * 1024) as (_, peer):
-            big = await submit(peer, "array_result", size=100_000)  # 800 kB of float64
+            big = await peer.submit("array_result", size=100_000)  # 800 kB of float64
             record = await final(peer, big)
             assert record.status is S.FAILED
             assert record.error is not None
             assert record.error.code is ErrorCode.HANDLER_ERROR
             assert "800" in record.error.message
             assert "max_message_size" in record.error.message
-            small = await submit(peer, "array_result", size=1000)
+            small = await peer.submit("array_result", size=1000)
             assert (await final(peer, small)).status is S.COMPLETE
 
     asyncio.run(scenario())

@@ -25,7 +25,6 @@ from zmqruntime.messages import (
     ShutdownReply,
     StatusRequest,
     Submit,
-    SubmitReply,
 )
 from zmqruntime.server import (
     ExecutionServer,
@@ -36,12 +35,6 @@ from zmqruntime.server import (
 from zmqruntime.testing import SAMPLE_HANDLERS, RawPeer, free_port_block
 
 S = ExecutionStatus
-
-
-async def submit(peer: RawPeer, handler: str, **params: object) -> str:
-    reply = await peer.request(Submit(handler=handler, params=dict(params)))
-    assert isinstance(reply, SubmitReply), reply
-    return reply.execution_id
 
 
 async def worker_processes(peer: RawPeer) -> list[psutil.Process]:
@@ -63,8 +56,8 @@ def test_graceful_shutdown_cancels_the_queue_and_lets_running_work_finish() -> N
         serving = asyncio.create_task(server.serve_forever())  # returns once shut down
         async with RawPeer(info) as peer:
             await peer.ready()
-            running = await submit(peer, "sleep", seconds=0.5)
-            queued = await submit(peer, "echo", x=1)
+            running = await peer.submit("sleep", seconds=0.5)
+            queued = await peer.submit("echo", x=1)
             await peer.wait_progress(running)
             workers = await worker_processes(peer)
             reply = await peer.request(Shutdown(force=False))
@@ -90,8 +83,8 @@ def test_forced_shutdown_cancels_everything_and_ends_the_workers() -> None:
         info = await server.start()
         async with RawPeer(info) as peer:
             await peer.ready()
-            ids = [await submit(peer, "uncooperative", seconds=60) for _ in range(2)]
-            queued = await submit(peer, "echo")
+            ids = [await peer.submit("uncooperative", seconds=60) for _ in range(2)]
+            queued = await peer.submit("echo")
             for eid in ids:
                 await peer.wait_progress(eid)
             workers = await worker_processes(peer)
@@ -172,7 +165,7 @@ def test_sigterm_is_a_graceful_shutdown_that_leaves_no_orphans(tmp_path: Path) -
         async def scenario() -> tuple[list[psutil.Process], str]:
             async with RawPeer(server.info) as peer:
                 await peer.ready()
-                eid = await submit(peer, "sleep", seconds=0.3)
+                eid = await peer.submit("sleep", seconds=0.3)
                 await peer.wait_progress(eid)
                 workers = await worker_processes(peer)
                 server.terminate()
@@ -198,7 +191,7 @@ def test_a_killed_server_takes_its_workers_along_and_a_restart_has_a_new_epoch(
         async def busy_workers() -> list[psutil.Process]:
             async with RawPeer(first.info) as peer:
                 await peer.ready()
-                eid = await submit(peer, "uncooperative", seconds=60)
+                eid = await peer.submit("uncooperative", seconds=60)
                 await peer.wait_progress(eid)
                 return await worker_processes(peer)
 

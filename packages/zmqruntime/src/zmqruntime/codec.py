@@ -279,6 +279,9 @@ class WireCodec:
         self._id_pid = -1
         self._id_prefix = ""
         self._id_count = 0
+        #: The last body encoded without arrays and its JSON text: messages are immutable, so
+        #: a message sent again (a poller's unchanged status snapshot) is not encoded again.
+        self._last_body: tuple[object, str] = (None, "")
 
     # -- sending --------------------------------------------------------------------------
 
@@ -317,16 +320,21 @@ class WireCodec:
         _check_id("envelope.server_epoch", server_epoch)
         if topic is not None and not isinstance(topic, bytes):
             raise TypeError("topic must be bytes")
-        body = message.to_wire()
         headers = "[]"
         arrays: list[Frame] = []
         if holds_arrays(message):
-            body, array_headers, arrays = extract_arrays(body)
+            body, array_headers, arrays = extract_arrays(message.to_wire())
             if len(arrays) > self.max_arrays:
                 raise TooLarge(
                     f"{len(arrays)} arrays in one message; the limit is {self.max_arrays}"
                 )
             headers = _dumps(array_headers)
+            body_text = _dumps(body)
+        else:
+            last, body_text = self._last_body  # one read: safe if threads share the codec
+            if last is not message:
+                body_text = _dumps(message.to_wire())
+                self._last_body = (message, body_text)
         text = "".join(
             (
                 _envelope_head(kind),
@@ -339,7 +347,7 @@ class WireCodec:
                 ',"arrays":',
                 headers,
                 ',"body":',
-                _dumps(body),
+                body_text,
                 "}",
             )
         )

@@ -25,7 +25,19 @@ import zmq.asyncio
 from zmqruntime.codec import Envelope, WireCodec, WireError
 from zmqruntime.connection import ConnectionInfo
 from zmqruntime.execution_status import ExecutionStatus
-from zmqruntime.messages import ExecutionEvent, ExecutionRecord, Heartbeat, Message
+from zmqruntime.messages import (
+    Cancel,
+    CancelReply,
+    ExecutionEvent,
+    ExecutionRecord,
+    Heartbeat,
+    Message,
+    ServerStatus,
+    StatusReply,
+    StatusRequest,
+    Submit,
+    SubmitReply,
+)
 from zmqruntime.progress import ProgressUpdate
 from zmqruntime.server.server import ExecutionServer
 
@@ -148,6 +160,39 @@ class RawPeer:
     async def request(self, message: Message, *, timeout: float = 10.0) -> Any:
         """Send one signed request and return the reply body (an `ErrorReply` on refusal)."""
         return (await self.request_envelope(message, timeout=timeout)).message
+
+    async def submit(self, handler: str, *, label: str | None = None, **params: Any) -> str:
+        """Submit `handler` with `params` and return the new execution's id."""
+        reply = await self.request(Submit(handler=handler, params=params, label=label))
+        assert isinstance(reply, SubmitReply), reply
+        return reply.execution_id
+
+    async def status(self, execution_id: str) -> StatusReply:
+        """One execution's status reply."""
+        reply = await self.request(StatusRequest(execution_id=execution_id))
+        assert isinstance(reply, StatusReply), reply
+        return reply
+
+    async def server_status(self) -> ServerStatus:
+        """The server's status reply."""
+        reply = await self.request(StatusRequest(execution_id=None))
+        assert isinstance(reply, ServerStatus), reply
+        return reply
+
+    async def cancel(self, execution_id: str, *, force: bool = False) -> CancelReply:
+        """Cancel one execution; its cancel reply."""
+        reply = await self.request(Cancel(execution_id=execution_id, force=force))
+        assert isinstance(reply, CancelReply), reply
+        return reply
+
+    async def started_pid(self, execution_id: str) -> int:
+        """Wait for the first progress report of a handler that reports its start (the
+        sample handlers do); by then the record is `running` with its worker's pid."""
+        await self.wait_progress(execution_id)
+        record = (await self.status(execution_id)).execution
+        assert record.status is ExecutionStatus.RUNNING, record
+        assert record.worker_pid is not None
+        return record.worker_pid
 
     async def send_frames(self, frames: Sequence[Any]) -> None:
         """Send arbitrary frames on the control channel (for malformed-input tests)."""
