@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import tracemalloc
 from typing import Any
@@ -24,6 +25,7 @@ from zmqruntime.codec import (
     UnsupportedProtocol,
     WireCodec,
     WireError,
+    next_msg_id,
 )
 from zmqruntime.messages import (
     Cancel,
@@ -495,3 +497,22 @@ def test_a_message_encoded_again_reuses_its_body_never_its_msg_id() -> None:
     ids = [envelope.msg_id for envelope in received]
     assert len(set(ids)) == len(ids)
     assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_never_repeats_its_parents_msg_ids() -> None:
+    """A child forked from a process holding codecs draws a `msg_id` prefix of its own, so
+    its messages and its parent's never collide in a receiver's replay guard."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its next id, then leave without any clean-up
+        os.write(write_end, next_msg_id().encode())
+        os._exit(0)
+    os.close(write_end)
+    _, status = os.waitpid(pid, 0)
+    child = os.read(read_end, 64).decode()
+    os.close(read_end)
+    parent = next_msg_id()
+    assert status == 0
+    assert len(child) == len(parent) == 32
+    assert child[:16] != parent[:16]

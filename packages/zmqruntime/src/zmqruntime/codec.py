@@ -10,6 +10,7 @@ to read one, so the server can still answer the request.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -243,6 +244,29 @@ def _as_buffer(frame: InFrame) -> Frame:
     return view
 
 
+class _MessageIds:
+    """The `msg_id`s of this process: 16 random hex digits drawn once, then a 16-digit
+    counter. A random draw per message costs a system call; the replay guard needs only
+    that no id repeats. A forked child draws a prefix of its own, so it never repeats its
+    parent's ids."""
+
+    def __init__(self) -> None:
+        self.renew()
+
+    def renew(self) -> None:
+        self.prefix = os.urandom(8).hex()
+        self.count = itertools.count(1)
+
+    def __call__(self) -> str:
+        return f"{self.prefix}{next(self.count):016x}"
+
+
+#: A fresh `msg_id` (thread-safe: `next` on a counter is atomic).
+next_msg_id: Final = _MessageIds()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=next_msg_id.renew)
+
+
 def _check_id(name: str, value: object) -> str | None:
     """Validate an optional envelope id (request_id, server_epoch): None or 1–128 characters."""
     if value is None:
@@ -276,26 +300,11 @@ class WireCodec:
         self.max_arrays = max_arrays
         self._signer = MessageSigner(key)
         self._replay = ReplayGuard(replay_window)
-        self._id_pid = -1
-        self._id_prefix = ""
-        self._id_count = 0
         #: The last body encoded without arrays and its JSON text: messages are immutable, so
         #: a message sent again (a poller's unchanged status snapshot) is not encoded again.
         self._last_body: tuple[object, str] = (None, "")
 
     # -- sending --------------------------------------------------------------------------
-
-    def _next_msg_id(self) -> str:
-        """A `msg_id` this codec never gave before: 16 random hex digits drawn once per codec
-        and process, then a 16-digit counter (a random draw per message costs a system call,
-        and uniqueness is all the replay guard needs)."""
-        pid = os.getpid()
-        if pid != self._id_pid:  # new codec, or a forked copy: never repeat the parent's ids
-            self._id_pid = pid
-            self._id_prefix = os.urandom(8).hex()
-            self._id_count = 0
-        self._id_count += 1
-        return f"{self._id_prefix}{self._id_count:016x}"
 
     def encode(
         self,
@@ -339,7 +348,7 @@ class WireCodec:
             (
                 _envelope_head(kind),
                 '"msg_id":"',
-                self._next_msg_id(),
+                next_msg_id(),
                 '","request_id":',
                 _id_json(request_id),
                 ',"server_epoch":',
