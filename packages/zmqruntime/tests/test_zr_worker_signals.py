@@ -7,7 +7,7 @@ import signal
 
 import pytest
 
-from zmqruntime.server.worker_pool import sigint_blocked, default_executor_factory
+from zmqruntime.server.worker_pool import default_executor_factory, sigint_blocked
 
 
 @pytest.mark.skipif(not hasattr(signal, "pthread_sigmask"), reason="POSIX signal masks only")
