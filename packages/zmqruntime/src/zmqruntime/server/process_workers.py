@@ -64,8 +64,8 @@ class ProcessWorkers:
     """Starts `count` worker processes, hands them attempts, and replaces the ones that die.
 
     `jobs` is the bound ROUTER socket the workers connect to (owned from now on); `config`
-    is every worker's `WorkerConfig` but its identity. `on_lost` learns the attempts of each
-    worker that died. All methods run on the event loop's thread.
+    is every worker's `WorkerConfig` (each gets an identity of its own). `on_lost` learns the
+    attempts of each worker that died. All methods run on the event loop's thread.
     """
 
     def __init__(
@@ -75,7 +75,7 @@ class ProcessWorkers:
         prefetch: int,
         jobs: zmq.Socket[bytes],
         codec: WireCodec,
-        config: Mapping[str, Any],
+        config: WorkerConfig,
         on_lost: LostCallback,
         on_error: Callable[[BaseException], None] | None = None,
     ) -> None:
@@ -86,7 +86,7 @@ class ProcessWorkers:
         self.count = count
         self.prefetch = prefetch
         self._codec = codec
-        self._config = dict(config)
+        self._config = config
         self._on_lost = on_lost
         self._jobs = LoopSocket(jobs, self._take_message, on_error=on_error)
         self._workers: dict[bytes, _Worker] = {}
@@ -110,7 +110,7 @@ class ProcessWorkers:
         if self._closing or self._loop is None:
             return
         identity = os.urandom(8).hex()
-        config: WorkerConfig = {**self._config, "identity": identity}  # type: ignore[typeddict-item]
+        config: WorkerConfig = {**self._config, "identity": identity}
         process = multiprocessing.get_context("spawn").Process(
             target=serve_jobs, args=(config,), name=f"zmqruntime-worker-{identity}", daemon=True
         )

@@ -72,6 +72,7 @@ from zmqruntime.server.scheduler import (
     Publish,
     RequestRefused,
 )
+from zmqruntime.server.worker_main import WorkerConfig
 from zmqruntime.server.worker_pool import ExecutorFactory, WorkerPool
 from zmqruntime.server.worker_runtime import (
     JobOutcome,
@@ -409,7 +410,8 @@ class ExecutionServer:
     def _start_workers(self, jobs: zmq.Socket[bytes]) -> ProcessWorkers:
         """Spawn the server's own worker processes on the jobs socket."""
         assert self._info is not None
-        config = {
+        config: WorkerConfig = {
+            "identity": "",  # each worker gets its own
             "jobs_endpoint": self._endpoint(jobs),
             "progress_endpoint": self._info.progress,
             "events_endpoint": self._info.events,
