@@ -308,7 +308,7 @@ def test_a_job_ended_naming_another_execution_changes_nothing() -> None:
     async def scenario() -> None:
         async with serve_and_connect(workers=2) as (server, peer):
             blocker = await peer.submit("wait_for_cancel", timeout=60)
-            target = await peer.submit("sleep", seconds=0.5)
+            target = await peer.submit("sleep", seconds=2.0)
             await peer.started_pid(blocker)
             target_pid = await peer.started_pid(target)
             attempt = attempt_of(server, target)
@@ -317,8 +317,10 @@ def test_a_job_ended_naming_another_execution_changes_nothing() -> None:
                 await forge.send(forged_end("f" * 32, attempt, target_pid))
                 await forge.marker(blocker)
             assert server.counters.rejected_malformed == malformed + 1
+            # Premise: the forged end was handled while the worker still held the attempt.
+            assert (await peer.status(target)).execution.status is S.RUNNING
             record = await final(peer, target, timeout=5.0)
-            assert (record.status, record.result) == (S.COMPLETE, {"slept": 0.5})
+            assert (record.status, record.result) == (S.COMPLETE, {"slept": 2.0})
 
     asyncio.run(scenario())
 
@@ -441,19 +443,22 @@ def test_graceful_shutdown_leaves_no_worker_process() -> None:
                 assert lost.error is not None
                 assert lost.error.code is ErrorCode.WORKER_LOST
                 assert lost.worker_pid is not None
-                # The first job holds the surviving worker long enough for the replacement
-                # (started when the crash was handled) to become ready and take the second.
-                jobs = [await peer.submit("sleep", seconds=seconds) for seconds in (2.0, 0.5)]
-                pids = {await peer.started_pid(eid) for eid in jobs}
+                # The holder keeps the surviving worker busy until it is cancelled, so the
+                # runner can only start on the replacement, whenever that becomes ready.
+                holder = await peer.submit("wait_for_cancel", timeout=30)
+                runner = await peer.submit("sleep", seconds=1.0)
+                pids = {await peer.started_pid(eid) for eid in (holder, runner)}
                 assert len(pids) == 2
                 assert lost.worker_pid not in pids
                 workers = await worker_pids(peer)
                 assert workers == pids
                 assert workers <= spawned_children() - before
+                await peer.cancel(holder)
+                assert (await final(peer, holder)).status is S.CANCELLED
                 cancelled = await server.shutdown()
                 assert cancelled == []
-                for eid in jobs:  # graceful: running jobs were let finish
-                    assert (await final(peer, eid)).status is S.COMPLETE
+                # Graceful: the job still running was let finish.
+                assert (await final(peer, runner)).status is S.COMPLETE
         finally:
             await server.shutdown(force=True)
         assert server.closed
