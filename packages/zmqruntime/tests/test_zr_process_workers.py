@@ -424,6 +424,34 @@ def test_event_sequences_have_no_gaps_when_start_and_end_share_a_batch() -> None
     asyncio.run(scenario())
 
 
+def test_a_job_that_reports_nothing_is_running_while_it_runs() -> None:
+    """Our workers send no `worker_started`: the server counts the job started when it hands
+    it over and publishes the `running` record (with the worker's pid) itself, shortly after
+    (docs/protocol.md §6), without waiting for a report or a status request."""
+
+    async def scenario() -> None:
+        async with serve_and_connect(workers=1) as (_, peer):
+            eid = await peer.submit("sleep", seconds=1.0, quiet=True)
+            running = await peer.wait_event(
+                lambda e: (
+                    isinstance(e.message, ExecutionEvent)
+                    and e.message.record.execution_id == eid
+                    and e.message.record.status is S.RUNNING
+                ),
+                timeout=5.0,
+            )
+            assert isinstance(running.message, ExecutionEvent)
+            started = running.message.record
+            assert record_statuses(peer, eid) == [S.QUEUED, S.RUNNING]  # the job is not over
+            assert started.worker_pid in await worker_pids(peer)
+            assert started.started_at is not None
+            done = await final(peer, eid)
+            assert (done.status, done.worker_pid) == (S.COMPLETE, started.worker_pid)
+            assert check_sequence(peer.events_of(eid)) == ["queued", "running", "complete"]
+
+    asyncio.run(scenario())
+
+
 # -- worker processes end with the server ---------------------------------------------------
 
 

@@ -1,11 +1,12 @@
 """The server's own worker processes, fed attempts over ZeroMQ (docs/protocol.md §7).
 
 The default executor. Each worker is a spawned process (`worker_main.serve_jobs`) that
-connects to the server's jobs socket (ROUTER) and runs the `run_job` messages it is handed,
-in order; it reports their ends on the progress channel, after their other reports. A worker
-holds at most `prefetch` attempts; the others wait here, encoded, and the next goes out the
-moment a worker reports an end. The server uses a prefetch of one: a job sent ahead to a busy
-worker could not be taken back, and would wait behind a long job while another worker idles.
+connects to the server's jobs socket (ROUTER) and runs the `run_job` messages it is handed;
+it reports their ends on the progress channel, after their other reports. A worker holds one
+attempt at a time; the others wait here, encoded, and the next goes out the moment a worker
+reports an end. (A job sent ahead to a busy worker could not be taken back, and would wait
+behind a long job while another worker idles.) So handing an attempt over starts it, and the
+server learns each start, with the worker's pid, without a `worker_started` report.
 
 A process pool has threads in the server that pickle calls and collect results, and it breaks
 as a whole when one worker dies. Here nothing runs outside the event loop, and a death costs
@@ -20,7 +21,7 @@ import contextlib
 import logging
 import multiprocessing
 import os
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 
@@ -33,12 +34,14 @@ from zmqruntime.server.scheduler import Dispatch
 from zmqruntime.server.worker_main import WorkerConfig, serve_jobs
 from zmqruntime.server.worker_pool import exit_description, sigint_blocked
 
-__all__ = ["LostCallback", "ProcessWorkers"]
+__all__ = ["HandedCallback", "LostCallback", "ProcessWorkers"]
 
 log = logging.getLogger(__name__)
 
 #: Told which attempts a dead worker held, pid → how it died, and why they were lost.
 LostCallback = Callable[[list[Dispatch], Mapping[int, str], str], None]
+#: Told that an attempt was handed to the (idle) worker process `pid`: it starts now.
+HandedCallback = Callable[[Dispatch, int], None]
 
 #: Deaths before `worker_ready` in a row after which waiting attempts are given up as lost
 #: (each time), so a worker that cannot start fails its executions instead of hanging them.
@@ -50,45 +53,48 @@ _EXIT_WAIT: Final = 5.0
 
 
 class _Worker:
-    """One worker process and the attempts handed to it, oldest (running) first."""
+    """One worker process and the attempt it runs, if any."""
 
     def __init__(self, identity: bytes, process: Any) -> None:
         self.identity = identity
         self.process = process
         self.pid: int = process.pid
         self.ready = False
-        self.assigned: OrderedDict[int, Dispatch] = OrderedDict()
+        self.holding: Dispatch | None = None
 
 
 class ProcessWorkers:
     """Starts `count` worker processes, hands them attempts, and replaces the ones that die.
 
     `jobs` is the bound ROUTER socket the workers connect to (owned from now on); `config`
-    is every worker's `WorkerConfig` (each gets an identity of its own). `on_lost` learns the
-    attempts of each worker that died. All methods run on the event loop's thread.
+    is every worker's `WorkerConfig` (each gets an identity of its own). `on_handed` learns
+    of each attempt sent to a worker, and `on_lost` of the attempts of each worker that died;
+    `after_batch` runs after each batch of messages from the workers. All methods run on the
+    event loop's thread.
     """
 
     def __init__(
         self,
         *,
         count: int,
-        prefetch: int,
         jobs: zmq.Socket[bytes],
         codec: WireCodec,
         config: WorkerConfig,
+        on_handed: HandedCallback,
         on_lost: LostCallback,
+        after_batch: Callable[[], None] | None = None,
         on_error: Callable[[BaseException], None] | None = None,
     ) -> None:
         if count < 1:
             raise ValueError(f"count must be at least 1, got {count!r}")
-        if prefetch < 1:
-            raise ValueError(f"prefetch must be at least 1, got {prefetch!r}")
         self.count = count
-        self.prefetch = prefetch
         self._codec = codec
         self._config = config
+        self._on_handed = on_handed
         self._on_lost = on_lost
-        self._jobs = LoopSocket(jobs, self._take_message, on_error=on_error)
+        self._jobs = LoopSocket(
+            jobs, self._take_message, on_error=on_error, after_batch=after_batch
+        )
         self._workers: dict[bytes, _Worker] = {}
         self._where: dict[int, _Worker] = {}
         self._waiting: deque[tuple[Dispatch, list[Any]]] = deque()
@@ -155,7 +161,7 @@ class ProcessWorkers:
     # -- attempts -------------------------------------------------------------------------
 
     def dispatch(self, dispatch: Dispatch, result_limit: int) -> None:
-        """Hand the attempt to the least busy ready worker, or keep it until one has room.
+        """Hand the attempt to an idle ready worker, or keep it until one is.
         Raises (and keeps nothing) if the attempt cannot be encoded as a `run_job`."""
         message = RunJob(
             execution_id=dispatch.execution_id,
@@ -176,10 +182,11 @@ class ProcessWorkers:
         worker = self._where.get(attempt)
         if worker is None or worker.pid != pid:
             return None
-        if worker.assigned[attempt].execution_id != execution_id:
+        dispatch = worker.holding
+        if dispatch is None or dispatch.execution_id != execution_id:
             return None
         del self._where[attempt]
-        dispatch = worker.assigned.pop(attempt)
+        worker.holding = None
         self._hand_out()
         return dispatch
 
@@ -194,18 +201,16 @@ class ProcessWorkers:
 
     def _hand_out(self) -> None:
         while self._waiting:
-            ready = [
-                w for w in self._workers.values() if w.ready and len(w.assigned) < self.prefetch
-            ]
-            if not ready:
+            worker = next((w for w in self._workers.values() if w.ready and not w.holding), None)
+            if worker is None:
                 return
-            worker = min(ready, key=lambda w: len(w.assigned))
             dispatch, frames = self._waiting.popleft()
-            worker.assigned[dispatch.attempt] = dispatch
+            worker.holding = dispatch
             self._where[dispatch.attempt] = worker
             # A ROUTER send to a connected peer never waits; one to a worker that just died
             # is dropped, and the attempt is given back when its death is handled.
             self._jobs.send([worker.identity, *frames])
+            self._on_handed(dispatch, worker.pid)
 
     # -- news from the workers ------------------------------------------------------------
 
@@ -232,11 +237,11 @@ class ProcessWorkers:
         how = exit_description(worker.process) or "ended"
         worker.process.join(0)  # reap it
         self._workers.pop(worker.identity, None)
-        lost = list(worker.assigned.values())
-        for attempt in worker.assigned:
-            self._where.pop(attempt, None)
-        worker.assigned.clear()
-        log.warning("worker process %d %s; its attempts: %s", worker.pid, how, len(lost))
+        lost = [] if worker.holding is None else [worker.holding]
+        for dispatch in lost:
+            self._where.pop(dispatch.attempt, None)
+        worker.holding = None
+        log.warning("worker process %d %s; attempts lost: %d", worker.pid, how, len(lost))
         if lost:
             self._on_lost(lost, {worker.pid: how}, f"worker process {worker.pid} {how}")
         if self._closing:

@@ -11,8 +11,10 @@ state machine that checks every record change against `LEGAL_TRANSITIONS`.
 Slots: at most `slots` attempts are in flight on the executor, which may be more than it has
 workers (the server prefetches a few, so a worker finds its next job waiting instead of idling
 for a round trip). Dispatching an attempt does not start its execution: the record stays
-`queued`, at its queue position, until the attempt's worker reports `worker_started`; only then
-is it `running` (with `started_at` and `worker_pid` in the same record). An outcome or a pool
+`queued`, at its queue position, until the attempt's worker reports `worker_started` (the
+server's own workers are not asked to: the server reports the start itself when it hands the
+attempt to an idle worker); only then is it `running` (with `started_at` and `worker_pid` in
+the same record). An outcome or a pool
 breakage that arrives before that report (lost, or still on its way) moves the record through
 `running` to its end state in one step, publishing only the end. A slot is held until the
 executor reports on the attempt (its result, or the pool breaking), even if the execution was
@@ -178,6 +180,10 @@ class ExecutionScheduler:
         self._effects: list[Effect] = []
         #: Executions whose `running` record is still to be published (ordered).
         self._starting: dict[str, None] = {}
+        #: When set, taking the effects leaves `running` events pending: the I/O layer
+        #: publishes them itself a little later (`publish_started`), so a short execution
+        #: whose end comes first publishes only its end.
+        self.defer_starts = False
         self.accepting = True
         self.forced = False
         #: Compile artifacts that were live when a previous run of the server ended.
@@ -195,24 +201,31 @@ class ExecutionScheduler:
 
     def pending_effects(self) -> tuple[Effect, ...]:
         """Effects produced since the last `drain`, without taking them (pending `running`
-        events included, see `publish_started`)."""
-        self.publish_started()
+        events included unless `defer_starts`, see `publish_started`)."""
+        if not self.defer_starts:
+            self.publish_started()
         return tuple(self._effects)
 
     def drain(self) -> list[Effect]:
         """Effects produced since the last call, in the order they must be carried out
-        (pending `running` events included, see `publish_started`)."""
-        self.publish_started()
+        (pending `running` events included unless `defer_starts`, see `publish_started`)."""
+        if not self.defer_starts:
+            self.publish_started()
         effects, self._effects = self._effects, []
         return effects
+
+    @property
+    def starts_pending(self) -> bool:
+        """True while some execution's `running` event is held back (see `publish_started`)."""
+        return bool(self._starting)
 
     def publish_started(self) -> None:
         """Publish the `running` records of executions started since the last call.
 
-        `worker_started` holds its event back until the effects are taken, so a batch of
-        worker reports that holds an attempt's start and its end publishes the end alone:
-        one event and one `seq` instead of two. A progress report publishes its execution's
-        start before itself.
+        `worker_started` holds its event back (until the effects are taken, or with
+        `defer_starts` until this is called), so an attempt whose end is learnt first
+        publishes the end alone: one event and one `seq` instead of two. A progress report
+        publishes its execution's start before itself, and a status reply of it does too.
         """
         if not self._starting:
             return

@@ -109,6 +109,9 @@ FORCED_GRACE_SECONDS: Final = 10.0
 #: the server already encoded (still `queued`), so the next goes out the moment a `job_ended`
 #: arrives, without a trip through the scheduler. Other executors get one per worker.
 PREFETCH: Final = 2
+#: Longest the `running` event of an execution is held back after its start, so one that ends
+#: within it publishes its end alone (one event, not two: short jobs cost less to everyone).
+START_EVENT_DELAY: Final = 0.005
 #: A loop reading a socket yields to the others after this many messages in a row.
 FAIRNESS_BATCH: Final = 64
 #: Worker reports handled in a row: fewer, so a request waits behind at most this many.
@@ -178,6 +181,8 @@ class ExecutionServer:
             heartbeat_interval=heartbeat_interval,
             **extra,
         )
+        self.scheduler.defer_starts = True  # published by `_publish_starts`
+        self._start_timer: asyncio.TimerHandle | None = None
         self._codec = WireCodec(self._key, max_message_size=max_message_size)
         self._info: ConnectionInfo | None = None
         self._context: zmq.asyncio.Context | None = None
@@ -422,11 +427,12 @@ class ExecutionServer:
         }
         workers = ProcessWorkers(
             count=self.workers,
-            prefetch=1,
             jobs=jobs,
             codec=WireCodec(self._key, max_message_size=3 * self.max_message_size),
             config=config,
+            on_handed=self._handed_to_worker,
             on_lost=self._workers_lost,
+            after_batch=self._pump,
             on_error=self._socket_failed,
         )
         workers.start()
@@ -515,8 +521,19 @@ class ExecutionServer:
                     self._internal_error(f"carrying out {effect!r}")
         if self.scheduler.drained:
             self._drained.set()
+        if self.scheduler.starts_pending and self._start_timer is None:
+            loop = asyncio.get_running_loop()
+            self._start_timer = loop.call_later(START_EVENT_DELAY, self._publish_starts)
         if withdrawn:
             self._pump()  # the slots they held are free
+
+    def _publish_starts(self) -> None:
+        """Publish the `running` events held back (see `START_EVENT_DELAY`)."""
+        self._start_timer = None
+        if self._events is None:
+            return
+        self.scheduler.publish_started()
+        self._apply_effects()
 
     def _withdraw(self, execution_id: str) -> bool:
         """A cancelled attempt still waiting for one of our workers never goes out: its slot
@@ -600,6 +617,11 @@ class ExecutionServer:
             self._finish(dispatch, outcome, sized=True)  # the worker held it to result_limit
         except Exception as exc:
             self._finish_failed(dispatch, exc)
+
+    def _handed_to_worker(self, dispatch: Dispatch, pid: int) -> None:
+        """An attempt went to one of our idle workers: it runs from now on, in `pid`."""
+        self.scheduler.worker_started(dispatch.execution_id, pid, dispatch.attempt)
+        self._stats.watch(pid)
 
     def _workers_lost(
         self, dispatches: list[Dispatch], dead: Mapping[int, str], cause: str
@@ -968,6 +990,9 @@ class ExecutionServer:
             self._control.stop()
         if self._progress is not None:
             self._progress.stop()
+        if self._start_timer is not None:
+            self._start_timer.cancel()
+            self._start_timer = None
         for task in [*self._loops, *self._attempt_tasks]:
             task.cancel()
         for task in [*self._loops, *self._attempt_tasks]:

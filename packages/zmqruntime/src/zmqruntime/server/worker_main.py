@@ -1,9 +1,10 @@
 """The main function of the server's own worker processes (docs/protocol.md §7).
 
 A worker connects a DEALER to the server's jobs socket and says `worker_ready`; from then on
-it runs each `run_job` it is handed, one after the other, in the order they came. Its reports
-(`worker_started`, `progress`) and then the attempt's `job_ended` go out on one PUSH socket to
-the progress channel, so the server always learns an attempt's end after its reports. Nothing
+it runs each `run_job` it is handed (one at a time: the server sends the next only when it has
+learnt the end of the last, and counts the job started when it sends it). Its `progress`
+reports and then the attempt's `job_ended` go out on one PUSH socket to the progress channel,
+so the server always learns an attempt's end after its reports. Nothing
 but plain values reaches the process: its `WorkerConfig` and signed JSON messages.
 """
 
@@ -116,5 +117,6 @@ def serve_jobs(config: WorkerConfig) -> None:
             params=job.params,
             artifact=job.artifact,
             compile_only=job.compile_only,
+            announce=False,  # the server counted the start when it sent the job
         )
         channels.send_end(job_ended(job, within_result_limit(outcome, job.result_limit), pid))

@@ -260,16 +260,20 @@ def run_attempt(
     params: dict[str, Any],
     artifact: Any,
     compile_only: bool,
+    announce: bool = True,
 ) -> JobOutcome:
     """Run one attempt's handler in this process and return how it ended (never raises for
     the handler).
 
-    Sends `worker_started` first (so the server knows this process runs it), skips the handler
-    if the execution was already cancelled, and checks that the result is JSON (numpy arrays
-    allowed) so a bad return value fails the execution with a clear message.
+    With `announce`, sends `worker_started` first (so the server knows this process runs it;
+    the server's own workers need not, it knows). Skips the handler if the execution was
+    already cancelled, and checks that the result is JSON (numpy arrays allowed) so a bad
+    return value fails the execution with a clear message.
     """
-    started = WorkerStarted(execution_id=execution_id, pid=os.getpid(), attempt=attempt)
-    reports = int(channels.send(started))
+    reports = 0
+    if announce:
+        started = WorkerStarted(execution_id=execution_id, pid=os.getpid(), attempt=attempt)
+        reports = int(channels.send(started))
     if channels.is_cancelled(execution_id):
         return cancelled_outcome(execution_id, reports)
     context = JobContext(

@@ -58,9 +58,11 @@ def echo(ctx: JobContext) -> Any:
 
 
 def sleep(ctx: JobContext) -> Any:
-    """Sleep `params.seconds` (default 0.2), stopping early when cancelled."""
+    """Sleep `params.seconds` (default 0.2), stopping early when cancelled; reports its
+    start as progress unless `params.quiet`."""
     seconds = float(ctx.params.get("seconds", 0.2))
-    _started(ctx)
+    if not ctx.params.get("quiet", False):
+        _started(ctx)
     _wait(ctx, seconds, cooperative=True)
     return {"slept": seconds}
 
