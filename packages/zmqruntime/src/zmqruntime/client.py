@@ -23,6 +23,7 @@ import attrs
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
+from zmqruntime.client_errors import ClientClosed, ServerError, ServerUnavailable
 from zmqruntime.codec import Envelope, WireCodec, WireError
 from zmqruntime.connection import ConnectionInfo
 from zmqruntime.curve import CurveKeyPair, apply_curve_client
@@ -40,6 +41,7 @@ from zmqruntime.messages import (
     ErrorReply,
     ExecutionEvent,
     Heartbeat,
+    Message,
     Ping,
     Pong,
     ServerStatus,
@@ -51,6 +53,7 @@ from zmqruntime.messages import (
     SubmitReply,
 )
 from zmqruntime.progress import ProgressUpdate
+from zmqruntime.submit_batching import SubmitBatcher
 
 __all__ = [
     "ClientClosed",
@@ -71,24 +74,6 @@ _FAIRNESS_BATCH = 64
 _EVENTS_RCVHWM = 10_000
 #: How many executions the gap detector remembers; the oldest are forgotten first.
 _TRACKED_EXECUTIONS = 4096
-
-
-class ServerError(Exception):
-    """The server answered a request with an `error` reply (docs/protocol.md §8)."""
-
-    def __init__(self, code: str, message: str, details: Mapping[str, Any] | None = None) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
-        self.details: Mapping[str, Any] = dict(details or {})
-
-
-class ServerUnavailable(ConnectionError):
-    """No server answered: not reachable, connection lost, or no reply before the deadline."""
-
-
-class ClientClosed(RuntimeError):
-    """The client was closed while a request was in flight, or used after `close()`."""
 
 
 @attrs.frozen(kw_only=True)
@@ -193,6 +178,9 @@ class ExecutionClient:
         self._server_epoch: str | None = None
         self._events_live = asyncio.Event()
         self._closed = False
+        self._batcher = SubmitBatcher(
+            encode=self._encode_request, exchange=self._exchange_encoded, spawn=self._spawn
+        )
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -293,7 +281,12 @@ class ExecutionClient:
         label: str | None = None,
         timeout: float | None = None,
     ) -> SubmitReply:
-        """Queue one execution of a registered handler with JSON parameters."""
+        """Queue one execution of a registered handler with JSON parameters.
+
+        Submissions made in the same turn of the event loop (`asyncio.gather`, a window of
+        them) go to the server together, as one `submit_batch` request, in call order; each
+        is still accepted or refused on its own (docs/protocol.md §5).
+        """
         message = Submit(
             handler=handler,
             params=dict(params or {}),
@@ -301,7 +294,7 @@ class ExecutionClient:
             compile_artifact_id=compile_artifact_id,
             label=label,
         )
-        reply = await self._request(message, SubmitReply, timeout)
+        reply = await self._batcher.submit(message, self._deadline(timeout))
         self._track(reply.execution_id, 0)
         return reply
 
@@ -382,15 +375,29 @@ class ExecutionClient:
 
     async def _exchange(self, message: Any, timeout: float | None) -> Envelope:
         """Send one request and return the reply's envelope; error replies raise."""
+        request_id, frames = self._encode_request(message)
+        return await self._exchange_encoded(
+            message.TYPE, request_id, frames, self._deadline(timeout)
+        )
+
+    def _deadline(self, timeout: float | None) -> float:
+        return self.request_timeout if timeout is None else timeout
+
+    def _encode_request(self, message: Message) -> tuple[str, list[Any]]:
+        """A fresh request id and the request's frames."""
+        self._counter += 1
+        request_id = f"{self._client_id}-{self._counter}"
+        return request_id, self._codec.encode(message, request_id=request_id)
+
+    async def _exchange_encoded(
+        self, what: str, request_id: str, frames: list[Any], deadline: float
+    ) -> Envelope:
+        """Send an encoded request and return the reply's envelope; error replies raise."""
         if self._closed:
             raise ClientClosed("client is closed")
         if self._control is None:
             await self.open()
         assert self._control is not None
-        deadline = self.request_timeout if timeout is None else timeout
-        self._counter += 1
-        request_id = f"{self._client_id}-{self._counter}"
-        frames = self._codec.encode(message, request_id=request_id)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
         try:
@@ -399,7 +406,7 @@ class ExecutionClient:
                 reply = await asyncio.wait_for(future, deadline)
             except TimeoutError:
                 raise ServerUnavailable(
-                    f"no reply to {message.TYPE!r} from {self.info.control} within {deadline:g} s"
+                    f"no reply to {what!r} from {self.info.control} within {deadline:g} s"
                 ) from None
         finally:
             self._pending.pop(request_id, None)

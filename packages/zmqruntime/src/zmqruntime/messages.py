@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from typing import Any, ClassVar, Final, TypeAlias
+from typing import Annotated, Any, ClassVar, Final, TypeAlias
 
 import attrs
 
@@ -19,6 +19,8 @@ from zmqruntime.execution_status import ExecutionStatus
 from zmqruntime.json_types import JsonObject, JsonValue, json_eq_key
 from zmqruntime.progress import ProgressUpdate
 from zmqruntime.schema import (
+    MaxLen,
+    MinLen,
     NonEmptyStr,
     NonNegativeFloat,
     NonNegativeInt,
@@ -31,6 +33,7 @@ from zmqruntime.schema import (
 __all__ = [
     "CONTROL_MESSAGE_TYPES",
     "EVENT_MESSAGE_TYPES",
+    "MAX_BATCH_SUBMITS",
     "MESSAGE_TYPES",
     "Cancel",
     "CancelNotice",
@@ -55,6 +58,9 @@ __all__ = [
     "StatusReply",
     "StatusRequest",
     "Submit",
+    "SubmitBatch",
+    "SubmitBatchReply",
+    "SubmitOutcome",
     "SubmitReply",
     "WorkerInfo",
     "WorkerReady",
@@ -360,6 +366,45 @@ class ErrorReply(WireModel):
     details: JsonObject = attrs.field(factory=dict, eq=json_eq_key)
 
 
+#: Most submissions one `submit_batch` request may carry.
+MAX_BATCH_SUBMITS: Final = 4096
+
+
+@attrs.frozen(kw_only=True)
+class SubmitBatch(WireModel):
+    """Request: several submissions at once, handled as that many `submit` requests in a row
+    (each accepted or refused on its own), with one reply. Arrays may be in any `params`."""
+
+    TYPE: ClassVar[str] = "submit_batch"
+    SCHEMA_NAME: ClassVar[str] = "submit_batch"
+
+    submits: Annotated[tuple[Submit, ...], MinLen(1), MaxLen(MAX_BATCH_SUBMITS)]
+
+
+@attrs.frozen(kw_only=True)
+class SubmitOutcome(WireModel):
+    """One submission of a batch: its `submit_reply`, or the `error` a lone `submit` would get."""
+
+    SCHEMA_NAME: ClassVar[str] = "submit_outcome"
+
+    reply: SubmitReply | None = None
+    error: ErrorReply | None = None
+
+    def _check(self) -> None:
+        if (self.reply is None) == (self.error is None):
+            raise SchemaError("error", None, "exactly one of reply and error must be set")
+
+
+@attrs.frozen(kw_only=True)
+class SubmitBatchReply(WireModel):
+    """Reply to `submit_batch`: one outcome per submission, in the request's order."""
+
+    TYPE: ClassVar[str] = "submit_batch_reply"
+    SCHEMA_NAME: ClassVar[str] = "submit_batch_reply"
+
+    outcomes: Annotated[tuple[SubmitOutcome, ...], MaxLen(MAX_BATCH_SUBMITS)]
+
+
 # -- events (§6) and worker reports (§7) -------------------------------------------------------
 
 
@@ -481,6 +526,8 @@ Message: TypeAlias = (
     | Pong
     | Submit
     | SubmitReply
+    | SubmitBatch
+    | SubmitBatchReply
     | StatusRequest
     | StatusReply
     | ServerStatus
@@ -525,6 +572,8 @@ _REQUESTS_AND_REPLIES: Final = (
     Pong,
     Submit,
     SubmitReply,
+    SubmitBatch,
+    SubmitBatchReply,
     StatusRequest,
     StatusReply,
     ServerStatus,

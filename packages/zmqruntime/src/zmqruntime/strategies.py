@@ -39,6 +39,9 @@ from zmqruntime.messages import (
     StatusReply,
     StatusRequest,
     Submit,
+    SubmitBatch,
+    SubmitBatchReply,
+    SubmitOutcome,
     SubmitReply,
     WorkerInfo,
     WorkerReady,
@@ -245,15 +248,36 @@ def _builders(with_arrays: bool, big_arrays: bool) -> Mapping[type, st.SearchStr
     pids = st.integers(min_value=0, max_value=2**22)
     attempts = st.integers(min_value=1, max_value=2**31)
     floats = st.floats(min_value=0, max_value=1e6)
+    submit_replies = st.builds(
+        SubmitReply,
+        execution_id=ids,
+        status=st.sampled_from(ExecutionStatus),
+        queue_position=small_counts,
+    )
+    error_replies = st.builds(
+        ErrorReply,
+        code=st.sampled_from(ErrorCode),
+        message=texts,
+        details=json_objects(with_arrays=with_arrays, big_arrays=big_arrays),
+    )
     return {
         Ping: st.builds(Ping),
         Pong: st.builds(Pong, server_name=texts, pid=pids, uptime=floats, protocol=ids),
         Submit: _submits(with_arrays=with_arrays, big_arrays=big_arrays),
-        SubmitReply: st.builds(
-            SubmitReply,
-            execution_id=ids,
-            status=st.sampled_from(ExecutionStatus),
-            queue_position=small_counts,
+        SubmitReply: submit_replies,
+        SubmitBatch: st.builds(
+            SubmitBatch,
+            submits=st.lists(
+                _submits(with_arrays=with_arrays, big_arrays=big_arrays), min_size=1, max_size=3
+            ).map(tuple),
+        ),
+        SubmitBatchReply: st.builds(
+            SubmitBatchReply,
+            outcomes=st.lists(
+                st.builds(SubmitOutcome, reply=submit_replies)
+                | st.builds(SubmitOutcome, error=error_replies),
+                max_size=3,
+            ).map(tuple),
         ),
         StatusRequest: st.builds(StatusRequest, execution_id=st.none() | ids),
         StatusReply: _status_replies(with_arrays=with_arrays, big_arrays=big_arrays),
@@ -312,12 +336,7 @@ def _builders(with_arrays: bool, big_arrays: bool) -> Mapping[type, st.SearchStr
         ShutdownReply: st.builds(
             ShutdownReply, force=st.booleans(), cancelled=st.lists(ids, max_size=3).map(tuple)
         ),
-        ErrorReply: st.builds(
-            ErrorReply,
-            code=st.sampled_from(ErrorCode),
-            message=texts,
-            details=json_objects(with_arrays=with_arrays, big_arrays=big_arrays),
-        ),
+        ErrorReply: error_replies,
         ExecutionEvent: st.builds(
             ExecutionEvent,
             record=execution_records(with_arrays=with_arrays, big_arrays=big_arrays),

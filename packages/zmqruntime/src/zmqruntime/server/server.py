@@ -56,6 +56,9 @@ from zmqruntime.messages import (
     ShutdownReply,
     StatusRequest,
     Submit,
+    SubmitBatch,
+    SubmitBatchReply,
+    SubmitOutcome,
     WorkerInfo,
     WorkerStarted,
 )
@@ -837,13 +840,12 @@ class ExecutionServer:
             try:
                 reply = self._answer(message)
             except RequestRefused as refused:
-                details: dict[str, Any] = {} if refused.field is None else {"field": refused.field}
-                reply = ErrorReply(code=refused.code, message=refused.message, details=details)
+                reply = _error_reply(refused)
             self._journal_effects()  # what the reply confirms is durable before it is sent
             self._reply(identity, reply, request_id)
             if isinstance(message, Shutdown):
                 self._ensure_closing()
-            if isinstance(message, Submit | Cancel | Shutdown):
+            if isinstance(message, Submit | SubmitBatch | Cancel | Shutdown):
                 self._apply_effects()
                 self._pump()
         except Exception:
@@ -864,6 +866,8 @@ class ExecutionServer:
             )
         if isinstance(message, Submit):
             return scheduler.submit(message)
+        if isinstance(message, SubmitBatch):
+            return SubmitBatchReply(outcomes=tuple(map(self._submit_one, message.submits)))
         if isinstance(message, StatusRequest):
             if message.execution_id is not None:
                 return scheduler.status_of(message.execution_id)
@@ -888,6 +892,13 @@ class ExecutionServer:
             f"a {type(message).TYPE!r} message is not a request",
             "envelope.type",
         )
+
+    def _submit_one(self, request: Submit) -> SubmitOutcome:
+        """One submission of a batch, answered as a lone `submit` would be."""
+        try:
+            return SubmitOutcome(reply=self.scheduler.submit(request))
+        except RequestRefused as refused:
+            return SubmitOutcome(error=_error_reply(refused))
 
     def _handle_report(self, frames: list[Any]) -> None:
         try:
@@ -1011,3 +1022,8 @@ class ExecutionServer:
             await asyncio.to_thread(self._context.term)
         self._control = self._progress = self._events = None
         self._context = None
+
+
+def _error_reply(refused: RequestRefused) -> ErrorReply:
+    details: dict[str, Any] = {} if refused.field is None else {"field": refused.field}
+    return ErrorReply(code=refused.code, message=refused.message, details=details)

@@ -1,0 +1,198 @@
+"""`submit_batch` (docs/protocol.md §5) and the client sending one turn's submits as one.
+
+Real in-process servers with their own worker processes, a real `ExecutionClient` and raw
+requests over loopback. What the server was asked is read by wrapping its request handler
+(a spy: the real handler still answers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import numpy as np
+import pytest
+
+from zmqruntime.client import ExecutionClient, ServerError
+from zmqruntime.execution_status import ExecutionStatus
+from zmqruntime.messages import (
+    ErrorCode,
+    ErrorReply,
+    Message,
+    Submit,
+    SubmitBatch,
+    SubmitBatchReply,
+)
+from zmqruntime.server.server import ExecutionServer
+from zmqruntime.submit_batching import MAX_BATCH_BYTES
+from zmqruntime.testing import RawPeer, serve_and_connect
+
+S = ExecutionStatus
+TERMINAL = (S.COMPLETE, S.FAILED, S.CANCELLED)
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def spy_on_requests(server: ExecutionServer) -> list[Message]:
+    """Record every request the server answers, in order."""
+    asked: list[Message] = []
+    answer = server._answer
+
+    def recording(message: Message) -> Message:
+        asked.append(message)
+        return answer(message)
+
+    server._answer = recording  # type: ignore[method-assign]
+    return asked
+
+
+@asynccontextmanager
+async def client_of(server: ExecutionServer) -> AsyncIterator[ExecutionClient]:
+    async with ExecutionClient(server.connection_info, subscribe_events=False) as client:
+        yield client
+
+
+async def completed(peer: RawPeer, execution_id: str) -> Any:
+    record = await peer.wait_status(execution_id, *TERMINAL, timeout=20)
+    assert record.status is S.COMPLETE, record
+    return record.result
+
+
+def test_a_batch_is_answered_item_by_item_as_lone_submits_would_be() -> None:
+    async def scenario() -> None:
+        async with serve_and_connect() as (server, peer):
+            reply = await peer.request(
+                SubmitBatch(
+                    submits=(
+                        Submit(handler="echo", params={"i": 0}),
+                        Submit(handler="no_such_handler", params={}),
+                        Submit(handler="echo", params={"i": 2}, label="two"),
+                        Submit(handler="echo", params={}, compile_artifact_id="f" * 32),
+                    )
+                )
+            )
+            assert isinstance(reply, SubmitBatchReply)
+            first, unknown, third, missing = reply.outcomes
+            assert first.reply is not None
+            assert third.reply is not None
+            assert first.reply.execution_id != third.reply.execution_id
+            assert first.reply.status is S.QUEUED
+            assert isinstance(unknown.error, ErrorReply)
+            assert unknown.error.code is ErrorCode.UNKNOWN_HANDLER
+            assert unknown.error.details == {"field": "submit.handler"}
+            assert isinstance(missing.error, ErrorReply)
+            assert missing.error.code is ErrorCode.ARTIFACT_MISSING
+            assert await completed(peer, first.reply.execution_id) == {"i": 0}
+            assert await completed(peer, third.reply.execution_id) == {"i": 2}
+            assert (await peer.status(third.reply.execution_id)).execution.label == "two"
+            assert server.counters.submitted == 2
+
+    asyncio.run(scenario())
+
+
+def test_a_full_queue_accepts_the_first_submissions_of_a_batch_and_refuses_the_rest() -> None:
+    async def scenario() -> None:
+        async with serve_and_connect(workers=1, max_records=3) as (_, peer):
+            blocker = await peer.submit("wait_for_cancel", timeout=30)
+            await peer.started_pid(blocker)  # running: not in the queue
+            reply = await peer.request(
+                SubmitBatch(
+                    submits=tuple(Submit(handler="echo", params={"i": i}) for i in range(4))
+                )
+            )
+            assert isinstance(reply, SubmitBatchReply)
+            codes = [o.error.code if o.error else None for o in reply.outcomes]
+            assert codes == [None, None, ErrorCode.BUSY, ErrorCode.BUSY]
+            positions = [o.reply.queue_position for o in reply.outcomes if o.reply]
+            assert positions == [1, 2]
+            await peer.cancel(blocker)
+            for outcome in reply.outcomes[:2]:
+                assert outcome.reply is not None
+                await completed(peer, outcome.reply.execution_id)
+
+    asyncio.run(scenario())
+
+
+def test_submits_of_one_loop_turn_travel_as_one_request_in_call_order() -> None:
+    async def scenario() -> None:
+        async with serve_and_connect() as (server, peer), client_of(server) as client:
+            asked = spy_on_requests(server)
+            calls = [client.submit("echo", {"i": i}) for i in range(5)]
+            calls.insert(2, client.submit("no_such_handler"))
+            outcomes = await asyncio.gather(*calls, return_exceptions=True)
+            assert [type(m) for m in asked] == [SubmitBatch]
+            batch = asked[0]
+            assert isinstance(batch, SubmitBatch)
+            assert [s.handler for s in batch.submits] == ["echo"] * 2 + ["no_such_handler"] + [
+                "echo"
+            ] * 3
+            refused = outcomes.pop(2)
+            assert isinstance(refused, ServerError)
+            assert refused.code == "unknown_handler"
+            for i, reply in enumerate(outcomes):
+                assert not isinstance(reply, BaseException), reply
+                assert await completed(peer, reply.execution_id) == {"i": i}
+            # Queued in call order, behind nothing (the workers were idle).
+            positions = [r.queue_position for r in outcomes if not isinstance(r, BaseException)]
+            assert positions == [1, 2, 3, 4, 5]
+
+            lone = await client.submit("echo", {"alone": True})
+            assert type(asked[-1]) is Submit
+            assert await completed(peer, lone.execution_id) == {"alone": True}
+
+    asyncio.run(scenario())
+
+
+def test_arrays_of_several_submits_in_one_batch_reach_their_own_executions() -> None:
+    async def scenario() -> None:
+        async with serve_and_connect() as (server, peer), client_of(server) as client:
+            asked = spy_on_requests(server)
+            images = [np.arange(n, dtype=np.uint16).reshape(1, n) for n in (3, 70_000, 5)]
+            replies = await asyncio.gather(
+                *(client.submit("echo", {"image": image, "n": i}) for i, image in enumerate(images))
+            )
+            assert [type(m) for m in asked] == [SubmitBatch]
+            for i, (reply, image) in enumerate(zip(replies, images, strict=True)):
+                result = await completed(peer, reply.execution_id)
+                assert result["n"] == i
+                np.testing.assert_array_equal(result["image"], image)
+
+    asyncio.run(scenario())
+
+
+def test_a_batch_too_large_for_one_request_is_split_and_every_submit_answered() -> None:
+    async def scenario() -> None:
+        async with serve_and_connect() as (server, peer), client_of(server) as client:
+            asked = spy_on_requests(server)
+            text = "x" * (MAX_BATCH_BYTES // 3)
+            replies = await asyncio.gather(
+                *(client.submit("echo", {"t": text, "i": i}) for i in range(7))
+            )
+            assert len(asked) > 1
+            assert sum(len(m.submits) if isinstance(m, SubmitBatch) else 1 for m in asked) == 7
+            for i, reply in enumerate(replies):
+                assert (await completed(peer, reply.execution_id))["i"] == i
+
+    asyncio.run(scenario())
+
+
+def test_submits_with_different_timeouts_travel_apart_and_a_cancelled_one_is_not_sent() -> None:
+    async def scenario() -> None:
+        async with serve_and_connect() as (server, peer), client_of(server) as client:
+            asked = spy_on_requests(server)
+            gone = asyncio.ensure_future(client.submit("echo", {"gone": True}))
+            short = client.submit("echo", {"short": True}, timeout=5)
+            long = client.submit("echo", {"long": True}, timeout=50)
+            await asyncio.sleep(0)  # `gone` starts waiting for the loop turn to end...
+            gone.cancel()  # ...and is cancelled before it is sent
+            replies = await asyncio.gather(short, long)
+            with pytest.raises(asyncio.CancelledError):
+                await gone
+            assert sorted(type(m).__name__ for m in asked) == ["Submit", "Submit"]
+            assert server.counters.submitted == 2
+            for reply in replies:
+                await completed(peer, reply.execution_id)
+
+    asyncio.run(scenario())
