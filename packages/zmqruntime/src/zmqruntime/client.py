@@ -40,6 +40,8 @@ from zmqruntime.messages import (
     CancelReply,
     ErrorReply,
     ExecutionEvent,
+    ExecutionEvents,
+    ExecutionRecord,
     Heartbeat,
     Message,
     Ping,
@@ -53,6 +55,7 @@ from zmqruntime.messages import (
     SubmitReply,
 )
 from zmqruntime.progress import ProgressUpdate
+from zmqruntime.signing import frame_length
 from zmqruntime.submit_batching import SubmitBatcher
 
 __all__ = [
@@ -74,6 +77,9 @@ _FAIRNESS_BATCH = 64
 _EVENTS_RCVHWM = 10_000
 #: How many executions the gap detector remembers; the oldest are forgotten first.
 _TRACKED_EXECUTIONS = 4096
+#: Most bytes (of the events that brought them) of the records the client keeps so `wait`
+#: need not ask for what the events already said.
+_RECORD_BYTES = 16 * 2**20
 
 
 @attrs.frozen(kw_only=True)
@@ -166,6 +172,10 @@ class ExecutionClient:
         self._sends_waiting = 0
         self._subscriptions: list[_Subscription] = []
         self._last_seq: OrderedDict[str, int] = OrderedDict()
+        #: The newest record of each execution as its events told, and the bytes of the event
+        #: (bounded in count like `_last_seq`, and in bytes: results may be large).
+        self._records: OrderedDict[str, tuple[ExecutionRecord, int]] = OrderedDict()
+        self._records_bytes = 0
         self._resyncing: set[str] = set()
         # Resyncs whose status request failed (server stalled or unreachable): retried on the
         # next heartbeat, the sign that the server answers again.
@@ -349,11 +359,19 @@ class ExecutionClient:
         """Follow one execution to its outcome: looked at once, then woken by its events
         (an `execution` event's record answers at once), polled when none arrive.
 
-        Ends `lost` when neither replies nor events show the server alive for
-        `liveness_timeout` seconds (or the server restarted), `timed_out` after `timeout`.
+        The first look is the record the execution's events last brought, when the client
+        still holds it and has no gap to repair in its events; otherwise, and for every later
+        poll, a `status` request. Ends `lost` when neither
+        replies nor events show the server alive for `liveness_timeout` seconds (or the
+        server restarted), `timed_out` after `timeout`.
         """
+        first = self._known_record(execution_id)
 
         async def poll(exec_id: str) -> StatusObservation:
+            nonlocal first
+            if first is not None:
+                known, first = first, None
+                return known
             return await self.observe(exec_id, timeout=min(self.request_timeout, liveness_timeout))
 
         def keep_polling(_: str, error: Exception) -> bool:
@@ -506,19 +524,27 @@ class ExecutionClient:
             self._check_sequence(execution_id, message.seq)
             self._fan_out(message, execution_id)
         elif isinstance(message, ExecutionEvent):
-            record = message.record
-            execution_id = record.execution_id
-
-            def observe() -> StatusObservation:  # what a status poll would return now
-                return StatusObservation(
-                    status=record.status, payload=record.to_wire(), server_epoch=epoch
-                )
-
-            # A woken poller takes this record as its poll's answer (no status request).
-            self.signals.notify_event(execution_id, epoch, observe=observe)
-            self._check_sequence(execution_id, message.seq)
-            self._fan_out(message, execution_id)
+            self._take_execution_event(message, epoch, sum(map(frame_length, frames)))
+        elif isinstance(message, ExecutionEvents):
+            size = sum(map(frame_length, frames)) // len(message.events)
+            for event in message.events:
+                self._take_execution_event(event, epoch, size)
         # Cancel notices are for workers; clients ignore them.
+
+    def _take_execution_event(self, event: ExecutionEvent, epoch: str | None, size: int) -> None:
+        record = event.record
+        execution_id = record.execution_id
+
+        def observe() -> StatusObservation:  # what a status poll would return now
+            return StatusObservation(
+                status=record.status, payload=record.to_wire(), server_epoch=epoch
+            )
+
+        # A woken poller takes this record as its poll's answer (no status request).
+        self.signals.notify_event(execution_id, epoch, observe=observe)
+        self._remember(record, size)
+        self._check_sequence(execution_id, event.seq)
+        self._fan_out(event, execution_id)
 
     def _observe_epoch(self, epoch: str | None) -> None:
         if epoch is None or epoch == self._server_epoch:
@@ -528,12 +554,41 @@ class ExecutionClient:
                 "server epoch changed %s -> %s: the server restarted", self._server_epoch, epoch
             )
             self._last_seq.clear()
+            self._records.clear()
+            self._records_bytes = 0
         self._server_epoch = epoch
 
     def _fan_out(self, event: ClientEvent, execution_id: str | None) -> None:
         for sub in self._subscriptions:
             if sub.wants(execution_id):
                 sub.offer(event, execution_id)
+
+    def _remember(self, record: ExecutionRecord, size: int) -> None:
+        """Keep the newest record of an execution (oldest forgotten first, see `_records`)."""
+        execution_id = record.execution_id
+        self._forget_record(execution_id)
+        if size > _RECORD_BYTES:
+            return
+        self._records[execution_id] = (record, size)
+        self._records_bytes += size
+        while len(self._records) > _TRACKED_EXECUTIONS or self._records_bytes > _RECORD_BYTES:
+            _, (_, dropped) = self._records.popitem(last=False)
+            self._records_bytes -= dropped
+
+    def _forget_record(self, execution_id: str) -> None:
+        _, size = self._records.pop(execution_id, (None, 0))
+        self._records_bytes -= size
+
+    def _known_record(self, execution_id: str) -> StatusObservation | None:
+        """What a status poll would answer now, from the events alone, if they can tell: the
+        client holds the execution's newest record and none of its events is missing."""
+        entry = self._records.get(execution_id)
+        if entry is None or execution_id in self._resyncing or not self._events_live.is_set():
+            return None
+        record = entry[0]
+        return StatusObservation(
+            status=record.status, payload=record.to_wire(), server_epoch=self._server_epoch
+        )
 
     # -- gap detection --------------------------------------------------------------------
 
@@ -587,6 +642,8 @@ class ExecutionClient:
                 self._resyncing.discard(execution_id)
         last = self._last_seq.get(execution_id, 0)
         self._last_seq[execution_id] = max(last, snapshot.seq)
+        if snapshot.seq > last:  # the record kept may be older than the snapshot: drop it
+            self._forget_record(execution_id)
         event = Resynced(execution_id=execution_id, snapshot=snapshot)
         if only is None:
             self._fan_out(event, execution_id)

@@ -33,6 +33,7 @@ from zmqruntime.schema import (
 __all__ = [
     "CONTROL_MESSAGE_TYPES",
     "EVENT_MESSAGE_TYPES",
+    "MAX_BATCH_EVENTS",
     "MAX_BATCH_SUBMITS",
     "MESSAGE_TYPES",
     "Cancel",
@@ -42,6 +43,7 @@ __all__ = [
     "ErrorInfo",
     "ErrorReply",
     "ExecutionEvent",
+    "ExecutionEvents",
     "ExecutionRecord",
     "Heartbeat",
     "JobEnded",
@@ -419,6 +421,21 @@ class ExecutionEvent(WireModel):
     seq: NonNegativeInt
 
 
+#: Most `execution` events one `executions` event may carry.
+MAX_BATCH_EVENTS: Final = 4096
+
+
+@attrs.frozen(kw_only=True)
+class ExecutionEvents(WireModel):
+    """Event: several `execution` events published together (topic `__executions__`), each
+    with its own execution's `seq`; the server uses it for records without result or error."""
+
+    TYPE: ClassVar[str] = "executions"
+    SCHEMA_NAME: ClassVar[str] = "executions"
+
+    events: Annotated[tuple[ExecutionEvent, ...], MinLen(1), MaxLen(MAX_BATCH_EVENTS)]
+
+
 @attrs.frozen(kw_only=True)
 class Heartbeat(WireModel):
     """Event on `__heartbeat__`: the server is alive; published every `interval` seconds."""
@@ -537,6 +554,7 @@ Message: TypeAlias = (
     | ShutdownReply
     | ErrorReply
     | ExecutionEvent
+    | ExecutionEvents
     | Heartbeat
     | CancelNotice
     | WorkerStarted
@@ -560,6 +578,7 @@ def _by_type(*classes: type[Any]) -> Mapping[str, type[Any]]:
 _COMMON: Final = (
     ErrorReply,
     ExecutionEvent,
+    ExecutionEvents,
     Heartbeat,
     WorkerStarted,
     ProgressUpdate,

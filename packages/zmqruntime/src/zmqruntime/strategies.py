@@ -24,6 +24,7 @@ from zmqruntime.messages import (
     ErrorInfo,
     ErrorReply,
     ExecutionEvent,
+    ExecutionEvents,
     ExecutionRecord,
     Heartbeat,
     JobEnded,
@@ -341,6 +342,18 @@ def _builders(with_arrays: bool, big_arrays: bool) -> Mapping[type, st.SearchStr
             ExecutionEvent,
             record=execution_records(with_arrays=with_arrays, big_arrays=big_arrays),
             seq=counts,
+        ),
+        ExecutionEvents: st.builds(
+            ExecutionEvents,
+            events=st.lists(
+                st.builds(
+                    ExecutionEvent,
+                    record=execution_records(with_arrays=with_arrays, big_arrays=big_arrays),
+                    seq=counts,
+                ),
+                min_size=1,
+                max_size=3,
+            ).map(tuple),
         ),
         Heartbeat: st.builds(
             Heartbeat,

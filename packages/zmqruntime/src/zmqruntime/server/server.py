@@ -42,11 +42,13 @@ from zmqruntime.curve import (
 from zmqruntime.execution_status import ExecutionStatus
 from zmqruntime.loop_socket import LoopSocket
 from zmqruntime.messages import (
+    MAX_BATCH_EVENTS,
     Cancel,
     CancelNotice,
     ErrorCode,
     ErrorReply,
     ExecutionEvent,
+    ExecutionEvents,
     JobEnded,
     Message,
     Ping,
@@ -112,6 +114,8 @@ FORCED_GRACE_SECONDS: Final = 10.0
 #: the server already encoded (still `queued`), so the next goes out the moment a `job_ended`
 #: arrives, without a trip through the scheduler. Other executors get one per worker.
 PREFETCH: Final = 2
+#: Topic of `executions` events (several `execution` events in one message).
+EXECUTIONS_TOPIC: Final = "__executions__"
 #: Longest the `running` event of an execution is held back after its start, so one that ends
 #: within it publishes its end alone (one event, not two: short jobs cost less to everyone).
 START_EVENT_DELAY: Final = 0.005
@@ -476,12 +480,10 @@ class ExecutionServer:
         assert isinstance(endpoint, bytes)
         return endpoint.decode()
 
-    def _send_event(self, publish: Publish) -> None:
+    def _send_event(self, topic: str, message: Message) -> None:
         if self._events is None:
             return
-        frames = self._codec.encode(
-            publish.message, server_epoch=self.server_epoch, topic=publish.topic.encode()
-        )
+        frames = self._codec.encode(message, server_epoch=self.server_epoch, topic=topic.encode())
         # A PUB send never waits: beyond SNDHWM a slow subscriber's events are dropped, which
         # it sees as a gap in `seq` and repairs from a status snapshot.
         self._events.send_multipart(frames, flags=zmq.NOBLOCK, copy=copy_is_cheaper(frames))
@@ -507,6 +509,7 @@ class ExecutionServer:
 
     def _apply_effects(self) -> None:
         withdrawn = False
+        records = _RecordBatch(self.max_message_size // 2)
         while True:
             self._journal_effects()
             effects = self.scheduler.drain()
@@ -514,14 +517,23 @@ class ExecutionServer:
                 break
             for effect in effects:
                 try:
+                    if isinstance(effect, Publish) and records.takes(effect.message):
+                        if records.full:
+                            self._publish_records(records)
+                        continue
+                    self._publish_records(records)  # in order, before any other effect
                     if isinstance(effect, Publish):
-                        self._send_event(effect)
+                        self._send_event(effect.topic, effect.message)
                         if isinstance(effect.message, CancelNotice):
                             withdrawn |= self._withdraw(effect.message.execution_id)
                     elif isinstance(effect, KillWorker):
                         self._stats.kill(effect.pid, f"force-cancel of {effect.execution_id}")
                 except Exception:
                     self._internal_error(f"carrying out {effect!r}")
+            try:
+                self._publish_records(records)
+            except Exception:
+                self._internal_error("publishing execution events")
         if self.scheduler.drained:
             self._drained.set()
         if self.scheduler.starts_pending and self._start_timer is None:
@@ -529,6 +541,18 @@ class ExecutionServer:
             self._start_timer = loop.call_later(START_EVENT_DELAY, self._publish_starts)
         if withdrawn:
             self._pump()  # the slots they held are free
+
+    def _publish_records(self, records: _RecordBatch) -> None:
+        """Publish the `execution` events gathered: one alone, several as one `executions`."""
+        events = records.take()
+        if len(events) == 1:
+            self._send_event(events[0].record.execution_id, events[0])
+        elif events:
+            try:
+                self._send_event(EXECUTIONS_TOPIC, ExecutionEvents(events=tuple(events)))
+            except TooLarge:  # the estimate was wrong: one by one, then
+                for event in events:
+                    self._send_event(event.record.execution_id, event)
 
     def _publish_starts(self) -> None:
         """Publish the `running` events held back (see `START_EVENT_DELAY`)."""
@@ -1022,6 +1046,36 @@ class ExecutionServer:
             await asyncio.to_thread(self._context.term)
         self._control = self._progress = self._events = None
         self._context = None
+
+
+class _RecordBatch:
+    """`execution` events without result or error (a batch's `queued` records, `running`
+    ones), gathered to go out as one `executions` event while their estimated size fits."""
+
+    def __init__(self, budget: int) -> None:
+        self._budget = budget
+        self._events: list[ExecutionEvent] = []
+        self._size = 0
+
+    def takes(self, message: object) -> bool:
+        """Gather `message` if it is such an event (True), else leave it (False)."""
+        if not isinstance(message, ExecutionEvent):
+            return False
+        record = message.record
+        if record.result is not None or record.error is not None:
+            return False
+        self._events.append(message)
+        # Generous: every label character escaped (6 bytes), plus the fixed fields.
+        self._size += 512 + len(record.handler) + 6 * len(record.label or "")
+        return True
+
+    @property
+    def full(self) -> bool:
+        return self._size >= self._budget or len(self._events) >= MAX_BATCH_EVENTS
+
+    def take(self) -> list[ExecutionEvent]:
+        events, self._events, self._size = self._events, [], 0
+        return events
 
 
 def _error_reply(refused: RequestRefused) -> ErrorReply:

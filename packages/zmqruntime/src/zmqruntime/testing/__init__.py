@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequen
 from types import TracebackType
 from typing import Any, Self
 
+import attrs
 import zmq
 import zmq.asyncio
 
@@ -29,6 +30,7 @@ from zmqruntime.messages import (
     Cancel,
     CancelReply,
     ExecutionEvent,
+    ExecutionEvents,
     ExecutionRecord,
     Heartbeat,
     Message,
@@ -80,7 +82,8 @@ class RawPeer:
     """A protocol-level peer of one server: signed requests over DEALER, events over SUB.
 
     Use `async with RawPeer(info) as peer`; `await peer.ready()` waits for a heartbeat, after
-    which the event subscription is live (no event published later is missed).
+    which the event subscription is live (no event published later is missed). `events`
+    holds an `executions` event as the `execution` events it carries.
     """
 
     def __init__(self, info: ConnectionInfo, *, subscribe: bytes = b"") -> None:
@@ -139,9 +142,11 @@ class RawPeer:
         while True:
             frames = await self.sub.recv_multipart(copy=False)
             try:
-                self.events.append(self.codec.decode(frames, topic=True))
+                envelope = self.codec.decode(frames, topic=True)
             except WireError as exc:
                 self.bad_events.append(exc)
+            else:
+                self.events.extend(_unbatched(envelope))
             self._new_event.set()
 
     # -- requests -------------------------------------------------------------------------
@@ -358,3 +363,20 @@ def asyncio_test(fn: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., 
         asyncio.run(bounded())
 
     return run
+
+
+def _unbatched(envelope: Envelope) -> list[Envelope]:
+    """An `executions` event as the `execution` events it carries (each under its execution's
+    topic, as if published alone); any other event as it is."""
+    batch = envelope.message
+    if not isinstance(batch, ExecutionEvents):
+        return [envelope]
+    return [
+        attrs.evolve(
+            envelope,
+            type=ExecutionEvent.TYPE,
+            message=event,
+            topic=event.record.execution_id.encode(),
+        )
+        for event in batch.events
+    ]

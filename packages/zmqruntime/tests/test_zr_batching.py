@@ -1,4 +1,6 @@
-"""`submit_batch` (docs/protocol.md §5) and the client sending one turn's submits as one.
+"""Batching on the wire: `submit_batch` (docs/protocol.md §5) and the client sending one
+loop turn's submits as one; `executions` events (§6) and the client reading them; `wait`
+taking its first look from the events.
 
 Real in-process servers with their own worker processes, a real `ExecutionClient` and raw
 requests over loopback. What the server was asked is read by wrapping its request handler
@@ -8,6 +10,7 @@ requests over loopback. What the server was asked is read by wrapping its reques
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -15,12 +18,15 @@ from typing import Any
 import numpy as np
 import pytest
 
-from zmqruntime.client import ExecutionClient, ServerError
+from zmqruntime.client import ExecutionClient, Resynced, ServerError
 from zmqruntime.execution_status import ExecutionStatus
 from zmqruntime.messages import (
     ErrorCode,
     ErrorReply,
+    ExecutionEvent,
+    Heartbeat,
     Message,
+    StatusRequest,
     Submit,
     SubmitBatch,
     SubmitBatchReply,
@@ -31,6 +37,8 @@ from zmqruntime.testing import RawPeer, serve_and_connect
 
 S = ExecutionStatus
 TERMINAL = (S.COMPLETE, S.FAILED, S.CANCELLED)
+#: Long enough that a wait which only ends by polling would hit the test's timeout.
+NEVER = 120.0
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -194,5 +202,155 @@ def test_submits_with_different_timeouts_travel_apart_and_a_cancelled_one_is_not
             assert server.counters.submitted == 2
             for reply in replies:
                 await completed(peer, reply.execution_id)
+
+    asyncio.run(scenario())
+
+
+# -- `executions` events ----------------------------------------------------------------------
+
+
+def queued_events(peer: RawPeer, execution_ids: list[str]) -> list[Any]:
+    """The `queued` event envelopes of these executions, in the order received."""
+    wanted = set(execution_ids)
+    return [
+        e
+        for e in peer.events
+        if isinstance(e.message, ExecutionEvent)
+        and e.message.record.execution_id in wanted
+        and e.message.record.status is S.QUEUED
+    ]
+
+
+def test_the_queued_records_of_a_batch_are_published_as_one_executions_event() -> None:
+    async def scenario() -> None:
+        async with serve_and_connect() as (_, peer):
+            reply = await peer.request(
+                SubmitBatch(
+                    submits=tuple(Submit(handler="echo", params={"i": i}) for i in range(20))
+                )
+            )
+            assert isinstance(reply, SubmitBatchReply)
+            ids = [o.reply.execution_id for o in reply.outcomes if o.reply is not None]
+            for eid in ids:
+                await completed(peer, eid)
+            queued = queued_events(peer, ids)
+            # RawPeer records an `executions` event as the events it carries: one msg_id.
+            assert len({e.msg_id for e in queued}) == 1
+            assert [e.message.record.execution_id for e in queued] == ids
+            assert all(e.message.seq == 1 for e in queued)
+            assert all(e.topic == e.message.record.execution_id.encode() for e in queued)
+
+    asyncio.run(scenario())
+
+
+def test_executions_events_stay_within_the_message_size_limit() -> None:
+    """Long labels: the queued records of one batch need several `executions` events on a
+    server with small messages; every record is published, none is dropped."""
+
+    async def scenario() -> None:
+        limit = 256 * 1024
+        async with serve_and_connect(max_message_size=limit) as (server, peer):
+            label = "é" * 1000  # 6,000 bytes escaped: 30 fit in a request, not in one event
+            reply = await peer.request(
+                SubmitBatch(
+                    submits=tuple(
+                        Submit(handler="echo", params={"i": i}, label=label) for i in range(30)
+                    )
+                )
+            )
+            assert isinstance(reply, SubmitBatchReply)
+            ids = [o.reply.execution_id for o in reply.outcomes if o.reply is not None]
+            assert len(ids) == 30
+            for eid in ids:
+                assert (await completed(peer, eid)) == {"i": ids.index(eid)}
+            queued = queued_events(peer, ids)
+            assert [e.message.record.execution_id for e in queued] == ids
+            assert 1 < len({e.msg_id for e in queued}) < 30
+            assert server.counters.internal_errors == 0
+
+    asyncio.run(scenario())
+
+
+class Follower:
+    """Reads a client's `events()` in a task: what it yielded, and when it went live."""
+
+    def __init__(self, client: ExecutionClient) -> None:
+        self.seen: list[Any] = []
+        self.live = asyncio.Event()
+        self.changed = asyncio.Event()
+        self._task = asyncio.create_task(self._follow(client))
+
+    async def _follow(self, client: ExecutionClient) -> None:
+        async for event in client.events():
+            if isinstance(event, Heartbeat):
+                self.live.set()  # the subscription is live: no later event is missed
+            else:
+                self.seen.append(event)
+                self.changed.set()
+
+    def records(self, execution_id: str) -> list[Any]:
+        return [
+            e.record
+            for e in self.seen
+            if isinstance(e, ExecutionEvent) and e.record.execution_id == execution_id
+        ]
+
+    async def until_ended(self, execution_ids: set[str]) -> None:
+        async with asyncio.timeout(20):
+            while not all(
+                any(r.status.is_terminal for r in self.records(eid)) for eid in execution_ids
+            ):
+                self.changed.clear()
+                await self.changed.wait()
+
+    async def stop(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+
+def test_the_client_yields_the_events_an_executions_event_carries_without_resyncing() -> None:
+    async def scenario() -> None:
+        async with (
+            serve_and_connect() as (server, _),
+            ExecutionClient(server.connection_info) as client,
+        ):
+            follower = Follower(client)
+            await follower.live.wait()
+            asked = spy_on_requests(server)
+            replies = await asyncio.gather(*(client.submit("echo", {"i": i}) for i in range(12)))
+            ids = {r.execution_id for r in replies}
+            await follower.until_ended(ids)
+            await follower.stop()
+            for eid in ids:
+                statuses = [r.status for r in follower.records(eid)]
+                assert statuses[0] is S.QUEUED
+                assert statuses[-1] is S.COMPLETE
+            assert not any(isinstance(e, Resynced) for e in follower.seen)
+            assert not any(isinstance(m, StatusRequest) for m in asked)
+
+    asyncio.run(scenario())
+
+
+def test_wait_takes_its_first_look_from_the_events_and_asks_when_it_has_none() -> None:
+    async def scenario() -> None:
+        async with (
+            serve_and_connect() as (server, _),
+            ExecutionClient(server.connection_info) as client,
+        ):
+            follower = Follower(client)
+            await follower.live.wait()
+            first = await client.submit("echo", {"first": True})
+            await follower.until_ended({first.execution_id})  # the client holds its end
+            asked = spy_on_requests(server)
+            outcome = await client.wait(first.execution_id, poll_interval=NEVER)
+            assert outcome.payload["result"] == {"first": True}
+            assert asked == []  # the end event said it all
+
+            client._forget_record(first.execution_id)  # as if evicted
+            again = await client.wait(first.execution_id, poll_interval=NEVER)
+            assert again.payload["result"] == {"first": True}
+            assert [type(m) for m in asked] == [StatusRequest]
+            await follower.stop()
 
     asyncio.run(scenario())
