@@ -39,7 +39,7 @@ class WorkerStats:
 
     def watch(self, pid: int) -> None:
         """Start measuring a worker (called when it reports; the first sample needs a start)."""
-        if pid == os.getpid() or pid in self._processes:
+        if pid in self._processes or pid == os.getpid():  # called per job: cheap test first
             return
         try:
             process = psutil.Process(pid)
