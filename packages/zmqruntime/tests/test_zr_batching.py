@@ -309,19 +309,28 @@ class Follower:
             await self._task
 
 
+@asynccontextmanager
+async def followed_client() -> AsyncIterator[tuple[ExecutionServer, ExecutionClient, Follower]]:
+    """A server, a client of it, and a live `Follower` of the client's events."""
+    async with (
+        serve_and_connect() as (server, _),
+        ExecutionClient(server.connection_info) as client,
+    ):
+        follower = Follower(client)
+        try:
+            await follower.live.wait()
+            yield server, client, follower
+        finally:
+            await follower.stop()
+
+
 def test_the_client_yields_the_events_an_executions_event_carries_without_resyncing() -> None:
     async def scenario() -> None:
-        async with (
-            serve_and_connect() as (server, _),
-            ExecutionClient(server.connection_info) as client,
-        ):
-            follower = Follower(client)
-            await follower.live.wait()
+        async with followed_client() as (server, client, follower):
             asked = spy_on_requests(server)
             replies = await asyncio.gather(*(client.submit("echo", {"i": i}) for i in range(12)))
             ids = {r.execution_id for r in replies}
             await follower.until_ended(ids)
-            await follower.stop()
             for eid in ids:
                 statuses = [r.status for r in follower.records(eid)]
                 assert statuses[0] is S.QUEUED
@@ -334,12 +343,7 @@ def test_the_client_yields_the_events_an_executions_event_carries_without_resync
 
 def test_wait_takes_its_first_look_from_the_events_and_asks_when_it_has_none() -> None:
     async def scenario() -> None:
-        async with (
-            serve_and_connect() as (server, _),
-            ExecutionClient(server.connection_info) as client,
-        ):
-            follower = Follower(client)
-            await follower.live.wait()
+        async with followed_client() as (server, client, follower):
             first = await client.submit("echo", {"first": True})
             await follower.until_ended({first.execution_id})  # the client holds its end
             asked = spy_on_requests(server)
@@ -351,6 +355,5 @@ def test_wait_takes_its_first_look_from_the_events_and_asks_when_it_has_none() -
             again = await client.wait(first.execution_id, poll_interval=NEVER)
             assert again.payload["result"] == {"first": True}
             assert [type(m) for m in asked] == [StatusRequest]
-            await follower.stop()
 
     asyncio.run(scenario())
