@@ -361,9 +361,9 @@ class ExecutionClient:
 
         The first look is the record the execution's events last brought, when the client
         still holds it and has no gap to repair in its events; otherwise, and for every later
-        poll, a `status` request. Ends `lost` when neither
-        replies nor events show the server alive for `liveness_timeout` seconds (or the
-        server restarted), `timed_out` after `timeout`.
+        poll, a `status` request. Ends `lost` when neither replies nor events show the server
+        alive for `liveness_timeout` seconds (or the server restarted), `timed_out` after
+        `timeout`.
         """
         first = self._known_record(execution_id)
 
@@ -542,7 +542,9 @@ class ExecutionClient:
 
         # A woken poller takes this record as its poll's answer (no status request).
         self.signals.notify_event(execution_id, epoch, observe=observe)
-        self._remember(record, size)
+        last = self._last_seq.get(execution_id)
+        if last is None or event.seq > last:  # not older than a snapshot applied meanwhile
+            self._remember(record, size)
         self._check_sequence(execution_id, event.seq)
         self._fan_out(event, execution_id)
 

@@ -6,7 +6,8 @@ both ends. `SubmitBatcher` holds each `submit` until the loop finishes its curre
 sends what was collected as one `submit_batch` request (docs/protocol.md §5): in call order,
 each accepted or refused on its own, so every caller still gets its own reply or error. A
 lone submission goes as a plain `submit`. A batch is split when its encoded size passes
-`MAX_BATCH_BYTES`, so it stays far below any server's message size limit.
+`MAX_BATCH_BYTES`, so it stays far below any server's message size limit, and where the
+calls' timeouts differ.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ Spawn = Callable[[Coroutine[Any, Any, None], str], None]
 @attrs.define
 class _Pending:
     message: Submit
+    deadline: float
     future: asyncio.Future[SubmitReply]
 
 
@@ -58,8 +60,7 @@ class SubmitBatcher:
         self._encode = encode
         self._exchange = exchange
         self._spawn = spawn
-        #: Per deadline (calls with different timeouts travel apart), in call order.
-        self._waiting: dict[float, list[_Pending]] = {}
+        self._waiting: list[_Pending] = []
 
     async def submit(self, message: Submit, deadline: float) -> SubmitReply:
         """Send `message` with the others of this loop turn; its reply, or what a lone
@@ -67,36 +68,52 @@ class SubmitBatcher:
         loop = asyncio.get_running_loop()
         if not self._waiting:
             loop.call_soon(self._flush)
-        pending = _Pending(message, loop.create_future())
-        self._waiting.setdefault(deadline, []).append(pending)
+        pending = _Pending(message, deadline, loop.create_future())
+        self._waiting.append(pending)
         return await pending.future
 
     def _flush(self) -> None:
-        waiting, self._waiting = self._waiting, {}
-        for deadline, items in waiting.items():
-            for start in range(0, len(items), MAX_BATCH_SUBMITS):
-                chunk = items[start : start + MAX_BATCH_SUBMITS]
-                self._spawn(self._send(chunk, deadline), "submit-batch")
+        """Cut the waiting calls (callers still waiting) into requests, in call order: a new
+        request starts where the timeout changes, or when one is full."""
+        waiting, self._waiting = self._waiting, []
+        run: list[_Pending] = []
+        for item in waiting:
+            if item.future.done():
+                continue  # its caller was cancelled before anything was sent
+            if run and (item.deadline != run[0].deadline or len(run) == MAX_BATCH_SUBMITS):
+                self._start(run)
+                run = []
+            run.append(item)
+        if run:
+            self._start(run)
 
-    async def _send(self, items: list[_Pending], deadline: float) -> None:
-        """Encode and send `items` (split while too large) and hand out the replies."""
-        items = [item for item in items if not item.future.done()]  # callers gone
-        if not items:
-            return
+    def _start(self, items: list[_Pending]) -> None:
+        """Encode `items` as one request (halved while too large) and start sending it. Tasks
+        start in the order they are made, and each sends before it first waits (or queues at
+        the client's FIFO send gate), so requests leave in call order."""
         try:
             if len(items) == 1:
+                what = Submit.TYPE
                 request_id, frames = self._encode(items[0].message)
             else:
+                what = SubmitBatch.TYPE
                 batch = SubmitBatch(submits=tuple(item.message for item in items))
                 request_id, frames = self._encode(batch)
                 if sum(map(frame_length, frames)) > MAX_BATCH_BYTES:
                     half = len(items) // 2
-                    self._spawn(self._send(items[half:], deadline), "submit-batch")
-                    await self._send(items[:half], deadline)
+                    self._start(items[:half])
+                    self._start(items[half:])
                     return
-            envelope = await self._exchange(
-                "submit" if len(items) == 1 else "submit_batch", request_id, frames, deadline
-            )
+        except Exception as exc:  # a submission the codec refuses (too large on its own)
+            _fail(items, exc)
+            return
+        self._spawn(self._send(items, what, request_id, frames), what)
+
+    async def _send(
+        self, items: list[_Pending], what: str, request_id: str, frames: list[Any]
+    ) -> None:
+        try:
+            envelope = await self._exchange(what, request_id, frames, items[0].deadline)
         except asyncio.CancelledError:
             _fail(items, ClientClosed("client closed while submitting"))
             raise
