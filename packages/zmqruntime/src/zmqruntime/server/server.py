@@ -42,7 +42,6 @@ from zmqruntime.curve import (
 from zmqruntime.execution_status import ExecutionStatus
 from zmqruntime.loop_socket import LoopSocket
 from zmqruntime.messages import (
-    MAX_BATCH_EVENTS,
     Cancel,
     CancelNotice,
     ErrorCode,
@@ -70,6 +69,7 @@ from zmqruntime.server.counters import Counters
 from zmqruntime.server.handlers import HandlerFunction, HandlerRegistry
 from zmqruntime.server.journal import ExecutionJournal
 from zmqruntime.server.process_workers import ProcessWorkers
+from zmqruntime.server.record_batch import EXECUTIONS_TOPIC, RecordBatch
 from zmqruntime.server.scheduler import (
     Dispatch,
     ExecutionScheduler,
@@ -114,8 +114,6 @@ FORCED_GRACE_SECONDS: Final = 10.0
 #: the server already encoded (still `queued`), so the next goes out the moment a `job_ended`
 #: arrives, without a trip through the scheduler. Other executors get one per worker.
 PREFETCH: Final = 2
-#: Topic of `executions` events (several `execution` events in one message).
-EXECUTIONS_TOPIC: Final = "__executions__"
 #: Longest the `running` event of an execution is held back after its start, so one that ends
 #: within it publishes its end alone (one event, not two: short jobs cost less to everyone).
 START_EVENT_DELAY: Final = 0.005
@@ -509,7 +507,7 @@ class ExecutionServer:
 
     def _apply_effects(self) -> None:
         withdrawn = False
-        records = _RecordBatch(self.max_message_size // 2)
+        records = RecordBatch(self.max_message_size // 2)
         while True:
             self._journal_effects()
             effects = self.scheduler.drain()
@@ -542,7 +540,7 @@ class ExecutionServer:
         if withdrawn:
             self._pump()  # the slots they held are free
 
-    def _publish_records(self, records: _RecordBatch) -> None:
+    def _publish_records(self, records: RecordBatch) -> None:
         """Publish the `execution` events gathered: one alone, several as one `executions`."""
         events = records.take()
         if len(events) == 1:
@@ -1046,36 +1044,6 @@ class ExecutionServer:
             await asyncio.to_thread(self._context.term)
         self._control = self._progress = self._events = None
         self._context = None
-
-
-class _RecordBatch:
-    """`execution` events without result or error (a batch's `queued` records, `running`
-    ones), gathered to go out as one `executions` event while their estimated size fits."""
-
-    def __init__(self, budget: int) -> None:
-        self._budget = budget
-        self._events: list[ExecutionEvent] = []
-        self._size = 0
-
-    def takes(self, message: object) -> bool:
-        """Gather `message` if it is such an event (True), else leave it (False)."""
-        if not isinstance(message, ExecutionEvent):
-            return False
-        record = message.record
-        if record.result is not None or record.error is not None:
-            return False
-        self._events.append(message)
-        # Generous: every label character escaped (6 bytes), plus the fixed fields.
-        self._size += 512 + len(record.handler) + 6 * len(record.label or "")
-        return True
-
-    @property
-    def full(self) -> bool:
-        return self._size >= self._budget or len(self._events) >= MAX_BATCH_EVENTS
-
-    def take(self) -> list[ExecutionEvent]:
-        events, self._events, self._size = self._events, [], 0
-        return events
 
 
 def _error_reply(refused: RequestRefused) -> ErrorReply:
