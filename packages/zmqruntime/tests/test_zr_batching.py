@@ -1,6 +1,6 @@
 """Batching on the wire: `submit_batch` (docs/protocol.md §5) and the client sending one
-loop turn's submits as one; `executions` events (§6) and the client reading them; `wait`
-taking its first look from the events.
+loop turn's submits as one; `executions` and `progress_batch` events (§6) and the client
+reading them; `wait` taking its first look from the events.
 
 Real in-process servers with their own worker processes, a real `ExecutionClient` and raw
 requests over loopback. What the server was asked is read by wrapping its request handler
@@ -10,7 +10,9 @@ requests over loopback. What the server was asked is read by wrapping its reques
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -26,14 +28,18 @@ from zmqruntime.messages import (
     ExecutionEvent,
     Heartbeat,
     Message,
+    ProgressBatch,
     StatusRequest,
     Submit,
     SubmitBatch,
     SubmitBatchReply,
 )
+from zmqruntime.progress import ProgressUpdate
+from zmqruntime.schema import SchemaError
 from zmqruntime.server.server import ExecutionServer
+from zmqruntime.server.update_batch import UpdateBatches, estimated_size
 from zmqruntime.submit_batching import MAX_BATCH_BYTES
-from zmqruntime.testing import RawPeer, serve_and_connect
+from zmqruntime.testing import RawPeer, example_progress, serve_and_connect
 
 S = ExecutionStatus
 TERMINAL = (S.COMPLETE, S.FAILED, S.CANCELLED)
@@ -358,3 +364,121 @@ def test_wait_takes_its_first_look_from_the_events_and_asks_when_it_has_none() -
             assert [type(m) for m in asked] == [StatusRequest]
 
     asyncio.run(scenario())
+
+
+# -- `progress_batch` events -------------------------------------------------------------------
+
+
+def progress_of(peer: RawPeer, execution_id: str) -> list[Any]:
+    """The `progress` envelopes of this execution, in the order received (RawPeer records a
+    `progress_batch` event as the updates it carries, under one msg_id)."""
+    return [
+        e
+        for e in peer.events
+        if isinstance(e.message, ProgressUpdate) and e.message.execution_id == execution_id
+    ]
+
+
+async def flood_while_the_loop_is_held(peer: RawPeer, n: int, **params: Any) -> str:
+    """Submit a job that reports `n` updates 0.1 s after it starts, and hold the event loop
+    (the in-process server with it) from its start until a second later: the worker sends
+    them meanwhile, and the server finds them all waiting together."""
+    execution_id = await peer.submit("report", n=n, axes=["A01", "A02", "B01"], delay=0.1, **params)
+    await peer.wait_status(execution_id, S.RUNNING, timeout=20)
+    time.sleep(1.0)  # noqa: ASYNC251 - holds the loop on purpose: no report is read
+    return execution_id
+
+
+def test_updates_handled_together_are_published_as_progress_batches_in_seq_order() -> None:
+    async def scenario() -> None:
+        async with serve_and_connect(workers=1) as (server, peer):
+            async with ExecutionClient(server.connection_info) as client:
+                follower = Follower(client)
+                await follower.live.wait()
+                execution_id = await flood_while_the_loop_is_held(peer, 300)
+                await completed(peer, execution_id)
+                await follower.until_ended({execution_id})
+                await follower.stop()
+            updates = progress_of(peer, execution_id)
+            assert [e.message.seq for e in updates] == list(range(3, 303))  # 1, 2: queued, running
+            assert [e.message.completed for e in updates] == list(range(1, 301))
+            assert all(e.topic == execution_id.encode() for e in updates)
+            batches = {e.msg_id for e in updates}
+            assert len(batches) < 300 // 4, "the waiting reports were not batched"
+            ended = [
+                e
+                for e in peer.events
+                if isinstance(e.message, ExecutionEvent) and e.message.record.status.is_terminal
+            ]
+            assert ended[0].message.seq == 303
+            assert peer.events.index(ended[0]) > peer.events.index(updates[-1])
+            # The client yields each update alone, in order, with nothing to resync.
+            seen = [
+                e.seq
+                for e in follower.seen
+                if isinstance(e, ProgressUpdate) and e.execution_id == execution_id
+            ]
+            assert seen == list(range(3, 303))
+            assert not any(isinstance(e, Resynced) for e in follower.seen)
+            assert server.counters.internal_errors == 0
+
+    asyncio.run(scenario())
+
+
+def test_progress_batches_stay_within_their_size_budget() -> None:
+    """Long messages: waiting updates need several batches on a server with small messages;
+    every update is published, in order, none dropped."""
+
+    async def scenario() -> None:
+        limit = 64 * 1024  # a budget of half: 32 KiB, about five of these updates
+        async with serve_and_connect(workers=1, max_message_size=limit) as (server, peer):
+            message = "é" * 1000  # 6,000 bytes escaped
+            execution_id = await flood_while_the_loop_is_held(peer, 40, message=message)
+            await completed(peer, execution_id)
+            updates = progress_of(peer, execution_id)
+            assert [e.message.completed for e in updates] == list(range(1, 41))
+            assert all(e.message.message == message for e in updates)
+            sizes = collections.Counter(e.msg_id for e in updates)
+            assert max(sizes.values()) <= 5
+            assert len(sizes) < 40
+            assert server.counters.internal_errors == 0
+
+    asyncio.run(scenario())
+
+
+def test_the_batch_budget_cuts_before_an_update_that_would_not_fit() -> None:
+    def update(seq: int, message: str | None = None) -> ProgressUpdate:
+        wire = example_progress(execution_id="e" * 32, seq=seq, message=message)
+        return ProgressUpdate.from_wire(wire)
+
+    small = estimated_size(update(1))
+    batches = UpdateBatches(budget=3 * small)
+    assert batches.add(update(1)) is None
+    assert batches.add(update(2)) is None
+    assert batches.add(update(3)) is None
+    full = batches.add(update(4))  # would make four: the three go, the fourth waits
+    assert full is not None
+    assert [u.seq for u in full] == [1, 2, 3]
+    big = update(5, "x" * (3 * small))  # larger than the budget: alone
+    assert [u.seq for u in batches.add(big) or []] == [4]
+    assert [u.seq for u in batches.add(update(6)) or []] == [5]
+    assert [[u.seq for u in b] for b in batches.take()] == [[6]]
+    assert not batches
+
+
+@pytest.mark.parametrize(
+    ("second", "path"),
+    [
+        ({"execution_id": "f" * 32, "seq": 2}, "progress_batch.updates[1].execution_id"),
+        ({"seq": 1}, "progress_batch.updates[1].seq"),
+    ],
+)
+def test_a_progress_batch_holds_one_execution_in_rising_seq_order(
+    second: dict[str, Any], path: str
+) -> None:
+    first = example_progress(execution_id="e" * 32, seq=1)
+    body = {"updates": [first, {**first, **second}]}
+    with pytest.raises(SchemaError) as caught:
+        ProgressBatch.from_wire(body)
+    assert caught.value.path == path
+    assert ProgressBatch.from_wire({"updates": [first, {**first, "seq": 2}]}).updates[1].seq == 2

@@ -107,7 +107,10 @@ def test_from_wire_refuses_a_non_object() -> None:
     assert caught.value.path == "progress"
 
 
-@pytest.mark.parametrize("extra", [{}, {"message": "m", "pattern": "p", "error": "e"}])
+_EVERY_TEXT = {"message": "m", "pattern": "p", "component": "c", "error": "e", "traceback": "t"}
+
+
+@pytest.mark.parametrize("extra", [{}, {"message": "m", "pattern": "p", "error": "e"}, _EVERY_TEXT])
 def test_with_seq_is_evolve_without_revalidation(extra: dict[str, str]) -> None:
     import attrs
 

@@ -25,6 +25,7 @@ from zmqruntime.codec import (
     WireCodec,
     WireError,
     copy_is_cheaper,
+    send_frames,
 )
 from zmqruntime.connection import ConnectionInfo
 from zmqruntime.curve import CurveConfig, CurveKeyPair
@@ -67,6 +68,7 @@ from zmqruntime.messages import (
     Message,
     Ping,
     Pong,
+    ProgressBatch,
     QueuedExecution,
     RunJob,
     RunningExecution,
@@ -154,6 +156,7 @@ __all__ = [
     "PollOutcome",
     "PollOutcomeKind",
     "Pong",
+    "ProgressBatch",
     "ProgressStatus",
     "ProgressUpdate",
     "QueuedExecution",
@@ -193,6 +196,7 @@ __all__ = [
     "copy_is_cheaper",
     "new_key",
     "run_blocking",
+    "send_frames",
     "start_server_process",
     "to_json_value",
 ]

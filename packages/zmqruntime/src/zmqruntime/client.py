@@ -46,6 +46,7 @@ from zmqruntime.messages import (
     Message,
     Ping,
     Pong,
+    ProgressBatch,
     ServerStatus,
     Shutdown,
     ShutdownReply,
@@ -523,6 +524,12 @@ class ExecutionClient:
             self.signals.notify_event(execution_id, epoch, wake=False)
             self._check_sequence(execution_id, message.seq)
             self._fan_out(message, execution_id)
+        elif isinstance(message, ProgressBatch):
+            execution_id = message.updates[0].execution_id
+            self.signals.notify_event(execution_id, epoch, wake=False)
+            for update in message.updates:
+                self._check_sequence(execution_id, update.seq)
+                self._fan_out(update, execution_id)
         elif isinstance(message, ExecutionEvent):
             self._take_execution_event(message, epoch, sum(map(frame_length, frames)))
         elif isinstance(message, ExecutionEvents):

@@ -25,7 +25,7 @@ from typing import Any
 
 import zmq
 
-from zmqruntime.codec import copy_is_cheaper
+from zmqruntime.codec import send_frames
 
 __all__ = ["LoopSocket"]
 
@@ -113,7 +113,7 @@ class LoopSocket:
 
     def send(self, frames: Sequence[Any]) -> None:
         """Send one message without blocking (`zmq.Again` if the socket cannot take it)."""
-        self.sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=copy_is_cheaper(frames))
+        send_frames(self.sock, frames)
         if self._draining or self._on_message is None:
             return  # the drain under way reads EVENTS when it ends
         self._events()  # the send may have taken the edge that announced a message

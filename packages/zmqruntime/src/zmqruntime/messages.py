@@ -35,6 +35,7 @@ __all__ = [
     "EVENT_MESSAGE_TYPES",
     "MAX_BATCH_EVENTS",
     "MAX_BATCH_SUBMITS",
+    "MAX_BATCH_UPDATES",
     "MESSAGE_TYPES",
     "Cancel",
     "CancelNotice",
@@ -50,6 +51,7 @@ __all__ = [
     "Message",
     "Ping",
     "Pong",
+    "ProgressBatch",
     "QueuedExecution",
     "RunJob",
     "RunningExecution",
@@ -436,6 +438,39 @@ class ExecutionEvents(WireModel):
     events: Annotated[tuple[ExecutionEvent, ...], MinLen(1), MaxLen(MAX_BATCH_EVENTS)]
 
 
+#: Most `progress` updates one `progress_batch` event may carry.
+MAX_BATCH_UPDATES: Final = 4096
+
+
+@attrs.frozen(kw_only=True)
+class ProgressBatch(WireModel):
+    """Event: several `progress` events of one execution published together (topic: its id),
+    each with its own `seq`, in rising `seq` order; the server uses it for the reports it
+    handles in one go, so a fast stream costs one signed message per batch, not per update."""
+
+    TYPE: ClassVar[str] = "progress_batch"
+    SCHEMA_NAME: ClassVar[str] = "progress_batch"
+
+    updates: Annotated[tuple[ProgressUpdate, ...], MinLen(1), MaxLen(MAX_BATCH_UPDATES)]
+
+    def _check(self) -> None:
+        first = self.updates[0]
+        own, seq = first.execution_id, first.seq
+        for index in range(1, len(self.updates)):
+            update = self.updates[index]
+            if update.execution_id != own:
+                raise SchemaError(
+                    f"updates[{index}].execution_id",
+                    update.execution_id,
+                    f"must be the first update's execution id {own!r}",
+                )
+            if update.seq <= seq:
+                raise SchemaError(
+                    f"updates[{index}].seq", update.seq, f"must be above the previous one ({seq})"
+                )
+            seq = update.seq
+
+
 @attrs.frozen(kw_only=True)
 class Heartbeat(WireModel):
     """Event on `__heartbeat__`: the server is alive; published every `interval` seconds."""
@@ -555,6 +590,7 @@ Message: TypeAlias = (
     | ErrorReply
     | ExecutionEvent
     | ExecutionEvents
+    | ProgressBatch
     | Heartbeat
     | CancelNotice
     | WorkerStarted
@@ -579,6 +615,7 @@ _COMMON: Final = (
     ErrorReply,
     ExecutionEvent,
     ExecutionEvents,
+    ProgressBatch,
     Heartbeat,
     WorkerStarted,
     ProgressUpdate,

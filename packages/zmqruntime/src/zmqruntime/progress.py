@@ -92,11 +92,32 @@ class ProgressUpdate(WireModel):
         """
         if type(seq) is not int or seq < 0:
             raise SchemaError("seq", seq, "expected an integer >= 0")
-        stamped = object.__new__(ProgressUpdate)
-        for name in _FIELD_NAMES:
-            object.__setattr__(stamped, name, getattr(self, name))
-        object.__setattr__(stamped, "seq", seq)
-        return stamped
+        return _restamped(self, seq)
 
 
-_FIELD_NAMES: tuple[str, ...] = tuple(field.name for field in attrs.fields(ProgressUpdate))
+def _restamped(update: ProgressUpdate, seq: int) -> ProgressUpdate:
+    """A copy of `update` with `seq`: one statement per field, a third cheaper than a loop over
+    the field names (this runs once per update the server publishes). A field added to
+    `ProgressUpdate` must be added here; the test of `with_seq` compares with `attrs.evolve`."""
+    new = object.__new__(ProgressUpdate)
+    put = object.__setattr__
+    put(new, "type", update.type)
+    put(new, "execution_id", update.execution_id)
+    put(new, "plate_id", update.plate_id)
+    put(new, "axis_id", update.axis_id)
+    put(new, "step_name", update.step_name)
+    put(new, "step_index", update.step_index)
+    put(new, "total_steps", update.total_steps)
+    put(new, "phase", update.phase)
+    put(new, "status", update.status)
+    put(new, "completed", update.completed)
+    put(new, "total", update.total)
+    put(new, "percent", update.percent)
+    put(new, "timestamp", update.timestamp)
+    put(new, "pattern", update.pattern)
+    put(new, "component", update.component)
+    put(new, "message", update.message)
+    put(new, "error", update.error)
+    put(new, "traceback", update.traceback)
+    put(new, "seq", seq)
+    return new

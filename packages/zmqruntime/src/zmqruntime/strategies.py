@@ -30,6 +30,7 @@ from zmqruntime.messages import (
     JobEnded,
     Ping,
     Pong,
+    ProgressBatch,
     QueuedExecution,
     RunJob,
     RunningExecution,
@@ -226,6 +227,19 @@ def _status_replies(draw: st.DrawFn, *, with_arrays: bool, big_arrays: bool) -> 
 
 
 @st.composite
+def _progress_batches(draw: st.DrawFn) -> ProgressBatch:
+    """One execution's updates with rising `seq`s, as the server publishes them together."""
+    own = st.just(draw(ids))
+    updates = draw(st.lists(progress_updates(execution_id=own), min_size=1, max_size=3))
+    seq = draw(counts)
+    stamped = []
+    for update in updates:
+        stamped.append(update.with_seq(seq))
+        seq += draw(st.integers(min_value=1, max_value=3))
+    return ProgressBatch(updates=tuple(stamped))
+
+
+@st.composite
 def _jobs_ended(draw: st.DrawFn, *, with_arrays: bool, big_arrays: bool) -> JobEnded:
     status = draw(
         st.sampled_from(
@@ -355,6 +369,7 @@ def _builders(with_arrays: bool, big_arrays: bool) -> Mapping[type, st.SearchStr
                 max_size=3,
             ).map(tuple),
         ),
+        ProgressBatch: _progress_batches(),
         Heartbeat: st.builds(
             Heartbeat,
             seq=counts,

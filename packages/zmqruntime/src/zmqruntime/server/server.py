@@ -30,7 +30,7 @@ from typing import Any, Final, Self
 import zmq
 import zmq.asyncio
 
-from zmqruntime.codec import PROTOCOL_VERSION, TooLarge, WireCodec, WireError, copy_is_cheaper
+from zmqruntime.codec import PROTOCOL_VERSION, TooLarge, WireCodec, WireError, send_frames
 from zmqruntime.connection import ConnectionInfo
 from zmqruntime.curve import (
     CurveAuthenticator,
@@ -52,6 +52,7 @@ from zmqruntime.messages import (
     Message,
     Ping,
     Pong,
+    ProgressBatch,
     ServerStatus,
     Shutdown,
     ShutdownReply,
@@ -77,6 +78,7 @@ from zmqruntime.server.scheduler import (
     Publish,
     RequestRefused,
 )
+from zmqruntime.server.update_batch import UPDATE_BATCH_BYTES, UpdateBatches
 from zmqruntime.server.worker_main import WorkerConfig
 from zmqruntime.server.worker_pool import ExecutorFactory, WorkerPool
 from zmqruntime.server.worker_runtime import (
@@ -484,7 +486,7 @@ class ExecutionServer:
         frames = self._codec.encode(message, server_epoch=self.server_epoch, topic=topic.encode())
         # A PUB send never waits: beyond SNDHWM a slow subscriber's events are dropped, which
         # it sees as a gap in `seq` and repairs from a status snapshot.
-        self._events.send_multipart(frames, flags=zmq.NOBLOCK, copy=copy_is_cheaper(frames))
+        send_frames(self._events, frames)
 
     def _reply(self, identity: Any, message: Message, request_id: str | None) -> None:
         assert self._control is not None
@@ -508,18 +510,31 @@ class ExecutionServer:
     def _apply_effects(self) -> None:
         withdrawn = False
         records = RecordBatch(self.max_message_size // 2)
+        updates = UpdateBatches(min(UPDATE_BATCH_BYTES, self.max_message_size // 2))
         while True:
             self._journal_effects()
             effects = self.scheduler.drain()
             if not effects:
                 break
             for effect in effects:
+                # Events are gathered into batches of one kind at a time, and any other effect
+                # publishes what was gathered first: each execution's events keep their order.
                 try:
-                    if isinstance(effect, Publish) and records.takes(effect.message):
-                        if records.full:
+                    if isinstance(effect, Publish):
+                        message = effect.message
+                        if type(message) is ProgressUpdate:
                             self._publish_records(records)
-                        continue
-                    self._publish_records(records)  # in order, before any other effect
+                            full = updates.add(message)
+                            if full is not None:
+                                self._publish_updates(full)
+                            continue
+                        if records.takes(message):
+                            self._publish_all_updates(updates)
+                            if records.full:
+                                self._publish_records(records)
+                            continue
+                    self._publish_records(records)
+                    self._publish_all_updates(updates)
                     if isinstance(effect, Publish):
                         self._send_event(effect.topic, effect.message)
                         if isinstance(effect.message, CancelNotice):
@@ -530,8 +545,9 @@ class ExecutionServer:
                     self._internal_error(f"carrying out {effect!r}")
             try:
                 self._publish_records(records)
+                self._publish_all_updates(updates)
             except Exception:
-                self._internal_error("publishing execution events")
+                self._internal_error("publishing gathered events")
         if self.scheduler.drained:
             self._drained.set()
         if self.scheduler.starts_pending and self._start_timer is None:
@@ -551,6 +567,23 @@ class ExecutionServer:
             except TooLarge:  # the estimate was wrong: one by one, then
                 for event in events:
                     self._send_event(event.record.execution_id, event)
+
+    def _publish_all_updates(self, batches: UpdateBatches) -> None:
+        if batches:
+            for updates in batches.take():
+                self._publish_updates(updates)
+
+    def _publish_updates(self, updates: list[ProgressUpdate]) -> None:
+        """Publish one execution's gathered updates: one alone, several as `progress_batch`."""
+        topic = updates[0].execution_id
+        if len(updates) == 1:
+            self._send_event(topic, updates[0])
+            return
+        try:
+            self._send_event(topic, ProgressBatch(updates=tuple(updates)))
+        except TooLarge:  # the estimate was wrong: one by one, then
+            for update in updates:
+                self._send_event(topic, update)
 
     def _publish_starts(self) -> None:
         """Publish the `running` events held back (see `START_EVENT_DELAY`)."""

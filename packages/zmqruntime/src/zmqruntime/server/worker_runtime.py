@@ -26,7 +26,7 @@ from typing import Any, Literal, TypedDict
 import zmq
 
 from zmqruntime.arrays import extract_arrays
-from zmqruntime.codec import WireCodec, WireError, copy_is_cheaper
+from zmqruntime.codec import WireCodec, WireError, send_frames
 from zmqruntime.curve import CurveKeyPair, apply_curve_client
 from zmqruntime.json_types import check_json_value
 from zmqruntime.messages import CancelNotice, ErrorCode, ErrorInfo, JobEnded, WorkerStarted
@@ -133,15 +133,14 @@ class WorkerChannels:
         it stays full, further reports are dropped at once so the handler is never held up.
         """
         frames = self._codec.encode(message)
-        copy = copy_is_cheaper(frames)
         try:
-            self._push.send_multipart(frames, flags=zmq.NOBLOCK, copy=copy)
+            send_frames(self._push, frames)
         except zmq.Again:
             if self._congested or not self._push.poll(_SEND_WAIT_MS, zmq.POLLOUT):
                 self._congested = True
                 return False
             try:
-                self._push.send_multipart(frames, flags=zmq.NOBLOCK, copy=copy)
+                send_frames(self._push, frames)
             except zmq.Again:
                 self._congested = True
                 return False
@@ -153,7 +152,7 @@ class WorkerChannels:
         learn every end (a worker whose server died is ended by the kernel, see
         `worker_initializer`)."""
         frames = self._codec.encode(message)
-        self._push.send_multipart(frames, copy=copy_is_cheaper(frames))
+        send_frames(self._push, frames, block=True)
 
     def send_progress(self, update: ProgressUpdate) -> bool:
         """`ReportChannel` method: queue one progress report."""

@@ -34,6 +34,7 @@ from zmqruntime.messages import (
     ExecutionRecord,
     Heartbeat,
     Message,
+    ProgressBatch,
     ServerStatus,
     StatusReply,
     StatusRequest,
@@ -366,17 +367,23 @@ def asyncio_test(fn: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., 
 
 
 def _unbatched(envelope: Envelope) -> list[Envelope]:
-    """An `executions` event as the `execution` events it carries (each under its execution's
-    topic, as if published alone); any other event as it is."""
+    """An `executions` or `progress_batch` event as the `execution` or `progress` events it
+    carries (each under its execution's topic, as if published alone); any other event as it
+    is."""
     batch = envelope.message
-    if not isinstance(batch, ExecutionEvents):
-        return [envelope]
-    return [
-        attrs.evolve(
-            envelope,
-            type=ExecutionEvent.TYPE,
-            message=event,
-            topic=event.record.execution_id.encode(),
-        )
-        for event in batch.events
-    ]
+    if isinstance(batch, ExecutionEvents):
+        return [
+            attrs.evolve(
+                envelope,
+                type=ExecutionEvent.TYPE,
+                message=event,
+                topic=event.record.execution_id.encode(),
+            )
+            for event in batch.events
+        ]
+    if isinstance(batch, ProgressBatch):
+        return [
+            attrs.evolve(envelope, type=ProgressUpdate.TYPE, message=update)
+            for update in batch.updates
+        ]
+    return [envelope]

@@ -67,9 +67,17 @@ def sleep(ctx: JobContext) -> Any:
     return {"slept": seconds}
 
 
-def report_progress(ctx: JobContext, i: int, n: int, axes: list[str], plate: str = "plate") -> None:
+def report_progress(
+    ctx: JobContext,
+    i: int,
+    n: int,
+    axes: list[str],
+    plate: str = "plate",
+    message: str | None = None,
+) -> None:
     """Progress update `i` of `n` (0-based), on well `axes[i % len(axes)]`."""
     ctx.progress(
+        message=message,
         plate_id=plate,
         axis_id=axes[i % len(axes)],
         step_name="step",
@@ -83,12 +91,15 @@ def report_progress(ctx: JobContext, i: int, n: int, axes: list[str], plate: str
 
 
 def report(ctx: JobContext) -> Any:
-    """Report `params.n` progress updates over `params.axes` wells, then return the count."""
+    """After `params.delay` seconds (default 0), report `params.n` progress updates over
+    `params.axes` wells (each with `params.message`, if given), then return the count."""
+    time.sleep(float(ctx.params.get("delay", 0.0)))
     n = int(ctx.params.get("n", 10))
     axes = [str(a) for a in ctx.params.get("axes", ["A01"])]
     plate = str(ctx.params.get("plate_id", "plate"))
+    message = ctx.params.get("message")
     for i in range(n):
-        report_progress(ctx, i, n, axes, plate)
+        report_progress(ctx, i, n, axes, plate, None if message is None else str(message))
     return {"reported": n}
 
 
