@@ -185,8 +185,17 @@ def _client_main(info_path: str, conn: Connection) -> None:
 # -- the bench process: submit, sample, count -----------------------------------------------
 
 
+def _events_in(envelope: bytes) -> int:
+    """How many events one published message carries: a `progress_batch` holds several
+    updates (each body says `"type":"progress"`), any other message is one event."""
+    if b'"type":"progress_batch"' in envelope:
+        return envelope.count(b'"type":"progress"')
+    return 1
+
+
 class _Sampler:
-    """Counts events the server publishes (a fast bare SUB) and samples RSS every 100 ms."""
+    """Counts events the server publishes (a fast bare SUB; each update of a batch counts)
+    and samples RSS every 100 ms."""
 
     def __init__(self, info: ConnectionInfo, server_pid: int, client_pid: int) -> None:
         self.info = info
@@ -206,13 +215,13 @@ class _Sampler:
                 ready.set()
                 for _ in range(1000):  # drain a batch, then let the other tasks run
                     try:
-                        topic = drain.recv(flags=zmq.NOBLOCK)
+                        frames = [drain.recv(flags=zmq.NOBLOCK)]
                         while drain.getsockopt(zmq.RCVMORE):
-                            drain.recv(flags=zmq.NOBLOCK)
+                            frames.append(drain.recv(flags=zmq.NOBLOCK))
                     except zmq.Again:
                         break
-                    if not topic.startswith(b"__"):  # not a heartbeat or a cancel notice
-                        self.published += 1
+                    if not frames[0].startswith(b"__"):  # not a heartbeat or a cancel notice
+                        self.published += _events_in(frames[2])
                 await asyncio.sleep(0)
         finally:
             sub.close(linger=0)

@@ -7,7 +7,8 @@
 - Progress throughput, three processes on each side. Ours: a server process
   (`python -m zmqruntime serve`, one worker) whose worker process runs a handler reporting
   progress as fast as it can over a 96-well plate; the worker signs each report, the server
-  verifies and validates it, stamps its `seq` and publishes it; in this process an
+  verifies and validates it, stamps its `seq` and publishes it (the updates it handles
+  together as one `progress_batch` message, docs/protocol.md §6); in this process an
   `ExecutionClient`, subscribed with `events()` before it submits (as a GUI is), verifies and
   validates each event, detects `seq` gaps and repairs them with `Resynced` snapshots, and
   feeds a projection of the execution (the newest update per well, snapshots merged by
