@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import pytest
 import zmq
 
+from zmqruntime.codec import recv_frames, send_frames
 from zmqruntime.loop_socket import LoopSocket
 from zmqruntime.testing import asyncio_test
 
@@ -629,3 +630,33 @@ async def test_a_terminated_context_without_on_error_goes_to_the_loop_handler() 
     assert context["exception"].errno == zmq.ETERM
     assert reader.stopped
     assert asyncio.get_running_loop().remove_reader(fd) is False  # it stopped watching
+
+
+def test_send_frames_and_recv_frames_carry_a_message_as_the_multipart_calls_do() -> None:
+    """Over real TCP: the leading frames arrive as bytes, the rest as zero-copy frames; an
+    empty socket raises `zmq.Again` without blocking, and so does one that cannot send."""
+    context = zmq.Context()
+    pull = context.socket(zmq.PULL)
+    push = context.socket(zmq.PUSH)
+    try:
+        port = pull.bind_to_random_port("tcp://127.0.0.1")
+        push.connect(f"tcp://127.0.0.1:{port}")
+        big = memoryview(bytes(range(256)) * 4096)  # 1 MiB, sent zero-copy
+        send_frames(push, [b"signature", b'{"body":{}}', big], block=True)
+        assert pull.poll(5000)
+        frames = recv_frames(pull, 2)
+        assert frames[:2] == [b"signature", b'{"body":{}}']
+        assert isinstance(frames[2], zmq.Frame)
+        assert frames[2].bytes == big.tobytes()
+        with pytest.raises(zmq.Again):
+            recv_frames(pull, 2)
+        alone = context.socket(zmq.PUSH)  # no peer: a non-blocking send cannot go out
+        try:
+            with pytest.raises(zmq.Again):
+                send_frames(alone, [b"a", b"b"])
+        finally:
+            alone.close(linger=0)
+    finally:
+        push.close(linger=0)
+        pull.close(linger=0)
+        context.term()

@@ -25,6 +25,7 @@ from zmqruntime.codec import (
     WireCodec,
     WireError,
     copy_is_cheaper,
+    recv_frames,
     send_frames,
 )
 from zmqruntime.connection import ConnectionInfo
@@ -195,6 +196,7 @@ __all__ = [
     "WorkerStarted",
     "copy_is_cheaper",
     "new_key",
+    "recv_frames",
     "run_blocking",
     "send_frames",
     "start_server_process",

@@ -218,7 +218,7 @@ class ExecutionClient:
         self._apply_curve(control)
         monitor = control.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         control.connect(self.info.control)
-        self._control = LoopSocket(control, self._on_reply)
+        self._control = LoopSocket(control, self._on_reply, copy_head=2)  # signature, envelope
         self._monitor = LoopSocket(monitor, self._on_monitor_event, copy=True)
         if self._subscribe_events:
             events = self._ctx.socket(zmq.SUB)
@@ -229,7 +229,8 @@ class ExecutionClient:
             events.setsockopt(zmq.SUBSCRIBE, b"")
             self._apply_curve(events)
             events.connect(self.info.events)
-            self._events = LoopSocket(events, self._on_event, batch=_FAIRNESS_BATCH)
+            # Topic, signature, envelope copied; array frames stay zero-copy.
+            self._events = LoopSocket(events, self._on_event, copy_head=3, batch=_FAIRNESS_BATCH)
         for reader in (self._control, self._monitor, self._events):
             if reader is not None:
                 reader.start()

@@ -54,6 +54,7 @@ __all__ = [
     "WireError",
     "copy_is_cheaper",
     "protocol_problem",
+    "recv_frames",
     "send_frames",
 ]
 
@@ -189,6 +190,7 @@ def copy_is_cheaper(frames: Sequence[Frame]) -> bool:
 
 _NOBLOCK: Final = int(zmq.NOBLOCK)
 _SNDMORE: Final = int(zmq.SNDMORE)
+_RCVMORE: Final = int(zmq.RCVMORE)
 
 
 def send_frames(sock: zmq.Socket[Any], frames: Sequence[Frame], *, block: bool = False) -> None:
@@ -206,6 +208,21 @@ def send_frames(sock: zmq.Socket[Any], frames: Sequence[Frame], *, block: bool =
         send(frame, more, copy=type(frame) is bytes)
     frame = frames[last]
     send(frame, flags, copy=type(frame) is bytes)
+
+
+def recv_frames(sock: zmq.Socket[Any], copy_head: int, *, block: bool = False) -> list[Any]:
+    """Receive one message's frames, as `recv_multipart` would, at about half its cost for a
+    small message: the first `copy_head` frames as bytes (routing id, topic, signature,
+    envelope: small, cheaper copied than wrapped), the rest as `zmq.Frame`s (array frames,
+    which can be large, stay zero-copy). Without `block`, raises `zmq.Again` if none waits.
+    """
+    flags = 0 if block else _NOBLOCK
+    recv = sock.recv
+    more = sock.getsockopt
+    frames = [recv(flags, copy=copy_head > 0)]
+    while more(_RCVMORE):
+        frames.append(recv(flags, copy=len(frames) < copy_head))
+    return frames
 
 
 def _compact_dumps() -> Callable[[Any], str]:

@@ -25,14 +25,15 @@ from typing import Any
 
 import zmq
 
-from zmqruntime.codec import send_frames
+from zmqruntime.codec import recv_frames, send_frames
 
 __all__ = ["LoopSocket"]
 
 #: Messages handled in a row before the loop gets a turn.
 DEFAULT_BATCH = 64
 
-#: Receives a message's frames (`zmq.Frame`s, or bytes when `copy=True`).
+#: Receives a message's frames (bytes for the first `copy_head`, or all with `copy=True`;
+#: `zmq.Frame`s for the rest).
 MessageCallback = Callable[[list[Any]], None]
 #: Told when the socket failed for good (closed under the reader, context terminated).
 ErrorCallback = Callable[[BaseException], None]
@@ -45,7 +46,10 @@ class LoopSocket:
     to the loop's exception handler, and receiving goes on). `on_error` is told once when
     the socket itself fails (receiving stops). With `on_message=None` nothing is received.
     `after_batch`, if given, runs once after each run of messages handed to `on_message`, so
-    work that can wait for the end of a batch is done once per batch.
+    work that can wait for the end of a batch is done once per batch. The first `copy_head`
+    frames of each message arrive as bytes even without `copy`: a message's small leading
+    frames (routing id, topic, signature, envelope) cost less copied than wrapped as
+    `zmq.Frame`s, and only its array frames, which can be large, stay zero-copy.
     """
 
     def __init__(
@@ -55,6 +59,7 @@ class LoopSocket:
         *,
         on_error: ErrorCallback | None = None,
         copy: bool = False,
+        copy_head: int = 0,
         batch: int = DEFAULT_BATCH,
         after_batch: Callable[[], None] | None = None,
     ) -> None:
@@ -63,7 +68,7 @@ class LoopSocket:
         self.sock = sock
         self._on_message = on_message
         self._on_error = on_error
-        self._copy = copy
+        self._copy_head = 1 << 30 if copy else copy_head
         self._batch = batch
         self._after_batch = after_batch
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -195,7 +200,7 @@ class LoopSocket:
         try:
             for _ in range(self._batch):
                 try:
-                    frames = self.sock.recv_multipart(flags=zmq.NOBLOCK, copy=self._copy)
+                    frames = recv_frames(self.sock, self._copy_head)
                 except zmq.Again:
                     return True
                 handled += 1

@@ -93,7 +93,11 @@ class ProcessWorkers:
         self._on_handed = on_handed
         self._on_lost = on_lost
         self._jobs = LoopSocket(
-            jobs, self._take_message, on_error=on_error, after_batch=after_batch
+            jobs,
+            self._take_message,
+            on_error=on_error,
+            copy_head=3,  # routing id, signature, envelope
+            after_batch=after_batch,
         )
         self._workers: dict[bytes, _Worker] = {}
         self._where: dict[int, _Worker] = {}

@@ -298,12 +298,17 @@ class ExecutionServer:
         # Requests and reports are handled in the loop's reader callbacks, in batches of
         # FAIRNESS_BATCH so neither channel can starve the other or the heartbeat.
         self._control = LoopSocket(
-            control, self._handle_request, on_error=self._socket_failed, batch=FAIRNESS_BATCH
+            control,
+            self._handle_request,
+            on_error=self._socket_failed,
+            copy_head=3,  # routing id, signature, envelope
+            batch=FAIRNESS_BATCH,
         )
         self._progress = LoopSocket(
             progress,
             self._handle_report,
             on_error=self._socket_failed,
+            copy_head=2,  # signature, envelope
             batch=REPORT_BATCH,
             after_batch=self._pump,  # dispatch and publish once per batch of reports
         )

@@ -16,7 +16,7 @@ from typing import Any, TypedDict
 
 import zmq
 
-from zmqruntime.codec import WireCodec, WireError
+from zmqruntime.codec import WireCodec, WireError, recv_frames
 from zmqruntime.curve import CurveKeyPair, apply_curve_client
 from zmqruntime.execution_status import ExecutionStatus
 from zmqruntime.messages import ErrorCode, ErrorInfo, JobEnded, RunJob, WorkerReady
@@ -99,7 +99,7 @@ def serve_jobs(config: WorkerConfig) -> None:
     pid = os.getpid()
     jobs.send_multipart(codec.encode(WorkerReady(pid=pid)))
     while True:
-        frames = jobs.recv_multipart(copy=False)
+        frames = recv_frames(jobs, 2, block=True)  # signature and envelope copied
         try:
             job = codec.decode(frames).message
         except WireError as exc:
