@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -68,7 +69,7 @@ class LoopSocket:
         self.sock = sock
         self._on_message = on_message
         self._on_error = on_error
-        self._copy_head = 1 << 30 if copy else copy_head
+        self._copy_head = sys.maxsize if copy else copy_head  # copy: every frame
         self._batch = batch
         self._after_batch = after_batch
         self._loop: asyncio.AbstractEventLoop | None = None
