@@ -15,6 +15,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -379,23 +380,32 @@ def progress_of(peer: RawPeer, execution_id: str) -> list[Any]:
     ]
 
 
-async def flood_while_the_loop_is_held(peer: RawPeer, n: int, **params: Any) -> str:
-    """Submit a job that reports `n` updates 0.1 s after it starts, and hold the event loop
-    (the in-process server with it) from its start until a second later: the worker sends
-    them meanwhile, and the server finds them all waiting together."""
-    execution_id = await peer.submit("report", n=n, axes=["A01", "A02", "B01"], delay=0.1, **params)
-    await peer.wait_status(execution_id, S.RUNNING, timeout=20)
-    time.sleep(1.0)  # noqa: ASYNC251 - holds the loop on purpose: no report is read
+async def flood_while_the_loop_is_held(peer: RawPeer, tmp: Path, n: int, **params: Any) -> str:
+    """Submit a job that reports `n` updates once told to, and hold the event loop (the
+    in-process server with it) from the moment it is told until it has sent them all: the
+    server then finds every report waiting together."""
+    go, done = tmp / "go", tmp / "done"
+    execution_id = await peer.submit(
+        "report", n=n, axes=["A01", "A02", "B01"], go_file=str(go), done_file=str(done), **params
+    )
+    await peer.wait_status(execution_id, S.RUNNING, timeout=20)  # waiting for `go`
+    go.touch()
+    deadline = time.monotonic() + 20
+    while not done.exists():  # holds the loop on purpose: no report is read meanwhile
+        assert time.monotonic() < deadline, "the handler did not finish reporting"
+        time.sleep(0.001)  # noqa: ASYNC251 - the loop must not run here
     return execution_id
 
 
-def test_updates_handled_together_are_published_as_progress_batches_in_seq_order() -> None:
+def test_updates_handled_together_are_published_as_progress_batches_in_seq_order(
+    tmp_path: Path,
+) -> None:
     async def scenario() -> None:
         async with serve_and_connect(workers=1) as (server, peer):
             async with ExecutionClient(server.connection_info) as client:
                 follower = Follower(client)
                 await follower.live.wait()
-                execution_id = await flood_while_the_loop_is_held(peer, 300)
+                execution_id = await flood_while_the_loop_is_held(peer, tmp_path, 300)
                 await completed(peer, execution_id)
                 await follower.until_ended({execution_id})
                 await follower.stop()
@@ -425,7 +435,7 @@ def test_updates_handled_together_are_published_as_progress_batches_in_seq_order
     asyncio.run(scenario())
 
 
-def test_progress_batches_stay_within_their_size_budget() -> None:
+def test_progress_batches_stay_within_their_size_budget(tmp_path: Path) -> None:
     """Long messages: waiting updates need several batches on a server with small messages;
     every update is published, in order, none dropped."""
 
@@ -433,7 +443,7 @@ def test_progress_batches_stay_within_their_size_budget() -> None:
         limit = 64 * 1024  # a budget of half: 32 KiB, about five of these updates
         async with serve_and_connect(workers=1, max_message_size=limit) as (server, peer):
             message = "é" * 1000  # 6,000 bytes escaped
-            execution_id = await flood_while_the_loop_is_held(peer, 40, message=message)
+            execution_id = await flood_while_the_loop_is_held(peer, tmp_path, 40, message=message)
             await completed(peer, execution_id)
             updates = progress_of(peer, execution_id)
             assert [e.message.completed for e in updates] == list(range(1, 41))

@@ -91,15 +91,28 @@ def report_progress(
 
 
 def report(ctx: JobContext) -> Any:
-    """After `params.delay` seconds (default 0), report `params.n` progress updates over
-    `params.axes` wells (each with `params.message`, if given), then return the count."""
-    time.sleep(float(ctx.params.get("delay", 0.0)))
+    """Report `params.n` progress updates over `params.axes` wells (each with
+    `params.message`, if given), then return the count.
+
+    With `params.go_file`, waits (up to 60 s) for that file to exist before reporting; with
+    `params.done_file`, creates it once every update was handed to the transport. A test
+    uses the pair to know when the reports start and when they were all sent.
+    """
+    go_file = ctx.params.get("go_file")
+    if go_file is not None:
+        deadline = time.monotonic() + 60.0
+        while not os.path.exists(str(go_file)) and time.monotonic() < deadline:
+            time.sleep(0.001)
     n = int(ctx.params.get("n", 10))
     axes = [str(a) for a in ctx.params.get("axes", ["A01"])]
     plate = str(ctx.params.get("plate_id", "plate"))
     message = ctx.params.get("message")
     for i in range(n):
         report_progress(ctx, i, n, axes, plate, None if message is None else str(message))
+    done_file = ctx.params.get("done_file")
+    if done_file is not None:
+        with open(str(done_file), "x"):
+            pass
     return {"reported": n}
 
 
