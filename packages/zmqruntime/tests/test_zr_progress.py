@@ -123,7 +123,7 @@ def test_with_seq_is_evolve_without_revalidation(extra: dict[str, str]) -> None:
     assert update.seq == EXAMPLE["seq"]  # the original is untouched
 
 
-@pytest.mark.parametrize("seq", [-1, 1.0, True, "3", None])
+@pytest.mark.parametrize("seq", [-1, 2**63, 1.0, True, "3", None])
 def test_with_seq_refuses_a_bad_seq(seq: object) -> None:
     with pytest.raises(SchemaError, match="seq"):
         ProgressUpdate.from_wire(EXAMPLE).with_seq(seq)  # type: ignore[arg-type]

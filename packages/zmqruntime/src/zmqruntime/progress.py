@@ -8,6 +8,7 @@ from typing import ClassVar, Literal
 import attrs
 
 from zmqruntime.schema import (
+    INT_MAX,
     WIRE_REQUIRED,
     NonEmptyStr,
     NonNegativeFloat,
@@ -90,8 +91,8 @@ class ProgressUpdate(WireModel):
         Only `seq` is checked: every other field is this already validated update's, so the
         copy skips `attrs.evolve`'s full validation, a third of the server's cost per update.
         """
-        if type(seq) is not int or seq < 0:
-            raise SchemaError("seq", seq, "expected an integer >= 0")
+        if type(seq) is not int or not 0 <= seq <= INT_MAX:
+            raise SchemaError("seq", seq, f"expected an integer from 0 to {INT_MAX}")
         return _restamped(self, seq)
 
 
