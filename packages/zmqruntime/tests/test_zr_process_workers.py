@@ -23,6 +23,7 @@ import itertools
 import os
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import psutil
@@ -44,7 +45,7 @@ from zmqruntime.messages import (
     WorkerStarted,
 )
 from zmqruntime.progress import ProgressUpdate
-from zmqruntime.server import ServerProcess, start_server_process
+from zmqruntime.server import ServerProcess, process_workers, start_server_process
 from zmqruntime.server.server import RECORD_ALLOWANCE, ExecutionServer
 from zmqruntime.server.worker_runtime import result_size
 from zmqruntime.testing import SAMPLE_HANDLERS, RawPeer, example_progress, serve_and_connect
@@ -201,6 +202,185 @@ def test_short_jobs_pass_a_long_one_on_the_other_worker() -> None:
             assert [r.execution_id for r in overview.running] == [long]
             assert overview.queued == ()
             assert {w.pid for w in overview.workers} == {long_pid, short_pid}
+
+    asyncio.run(scenario())
+
+
+# -- jobs sent ahead ------------------------------------------------------------------------
+
+
+def ahead_of(server: ExecutionServer) -> dict[int, str]:
+    """Worker pid → the execution sent ahead to it."""
+    workers = server.process_workers
+    assert workers is not None
+    return workers.sent_ahead()
+
+
+@pytest.fixture
+def generous_ahead(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any job counts as quick, however slow this machine is: the tests below decide what
+    is sent ahead by what they submit, not by how fast the jobs happen to run."""
+    monkeypatch.setattr(process_workers, "AHEAD_BELOW", 30.0)
+
+
+async def known_quick(peer: RawPeer, handler: str, **params: Any) -> None:
+    """Run `handler` once, so the server has seen how long it takes."""
+    assert (await final(peer, await peer.submit(handler, **params))).status is S.COMPLETE
+
+
+@pytest.mark.usefixtures("generous_ahead")
+def test_a_job_sent_ahead_starts_when_the_one_before_it_ends_and_a_cancel_skips_it() -> None:
+    """A quick worker is sent its next job while it runs one. That job stays `queued`, with
+    no pid, until the end of the one before it arrives; then it runs on the same worker. A
+    cancel reaches it there: the worker never runs it, and no worker is killed for it."""
+
+    async def scenario() -> None:
+        async with serve_and_connect(workers=1) as (server, peer):
+            await known_quick(peer, "sleep", seconds=0, quiet=True)
+            (pid,) = await worker_pids(peer)
+
+            long = await peer.submit("sleep", seconds=0.5)
+            ahead = await peer.submit("echo", ahead=True)
+            assert await peer.started_pid(long) == pid
+            assert ahead_of(server) == {pid: ahead}
+            waiting = (await peer.status(ahead)).execution
+            assert (waiting.status, waiting.worker_pid, waiting.started_at) == (
+                S.QUEUED,
+                None,
+                None,
+            )
+            before = await final(peer, long)
+            after = await final(peer, ahead)
+            assert (after.status, after.result, after.worker_pid) == (
+                S.COMPLETE,
+                {"ahead": True},
+                pid,
+            )
+            assert before.finished_at is not None
+            assert after.started_at is not None
+            assert after.started_at >= before.finished_at
+            assert record_statuses(peer, ahead) in (
+                [S.QUEUED, S.RUNNING, S.COMPLETE],
+                [S.QUEUED, S.COMPLETE],
+            )
+
+            long = await peer.submit("sleep", seconds=0.5)
+            doomed = await peer.submit("echo", doomed=True)
+            assert await peer.started_pid(long) == pid
+            assert ahead_of(server) == {pid: doomed}
+            assert (await peer.cancel(doomed)).changed
+            skipped = await final(peer, doomed)
+            assert (skipped.status, skipped.worker_pid, skipped.started_at) == (
+                S.CANCELLED,
+                None,
+                None,
+            )
+            assert (await final(peer, long)).status is S.COMPLETE
+
+            async def nothing_in_flight() -> bool:
+                return not server.scheduler.in_flight()
+
+            await until(peer, nothing_in_flight, "the skipped job's end from the worker")
+            assert ahead_of(server) == {}
+            assert await worker_pids(peer) == {pid}  # nobody was killed
+            again = await final(peer, await peer.submit("echo", again=True))
+            assert (again.status, again.worker_pid) == (S.COMPLETE, pid)
+            assert record_statuses(peer, doomed) == [S.QUEUED, S.CANCELLED]
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.usefixtures("generous_ahead")
+def test_a_worker_that_dies_with_a_job_ahead_loses_only_the_job_it_ran() -> None:
+    """The job sent ahead never started: it runs on the replacement, with no trace of the
+    loss, while the one the dead worker ran fails with `worker_lost`."""
+
+    async def scenario() -> None:
+        async with serve_and_connect(workers=1) as (server, peer):
+            await known_quick(peer, "uncooperative", seconds=0)
+            (pid,) = await worker_pids(peer)
+            victim = await peer.submit("uncooperative", seconds=60)
+            ahead = await peer.submit("echo", ahead=True)
+            assert await peer.started_pid(victim) == pid
+            assert ahead_of(server) == {pid: ahead}
+
+            os.kill(pid, signal.SIGKILL)
+            lost = await final(peer, victim)
+            assert (lost.status, lost.worker_pid) == (S.FAILED, pid)
+            assert lost.error is not None
+            assert lost.error.code is ErrorCode.WORKER_LOST
+            done = await final(peer, ahead)
+            assert (done.status, done.result) == (S.COMPLETE, {"ahead": True})
+            assert done.worker_pid not in (None, pid)
+            assert record_statuses(peer, ahead) in (
+                [S.QUEUED, S.RUNNING, S.COMPLETE],
+                [S.QUEUED, S.COMPLETE],
+            )
+            counters = (await peer.server_status()).counters
+            assert (counters.completed, counters.failed) == (2, 1)
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.usefixtures("generous_ahead")
+def test_a_forced_cancel_of_a_job_ahead_ends_its_worker_only_after_the_job_before_it() -> None:
+    """The server cannot know whether the worker saw the notice in time, so it ends the
+    worker, but only once the job before has ended: that one completes, the cancelled one
+    never runs, and the replacement takes the next job."""
+
+    async def scenario() -> None:
+        async with serve_and_connect(workers=1) as (server, peer):
+            await known_quick(peer, "sleep", seconds=0, quiet=True)
+            (pid,) = await worker_pids(peer)
+            long = await peer.submit("sleep", seconds=0.5)
+            doomed = await peer.submit("echo", doomed=True)
+            assert await peer.started_pid(long) == pid
+            assert ahead_of(server) == {pid: doomed}
+            assert (await peer.cancel(doomed, force=True)).changed
+            skipped = await final(peer, doomed)
+            assert (skipped.status, skipped.worker_pid) == (S.CANCELLED, None)
+            before = await final(peer, long)
+            assert (before.status, before.worker_pid) == (S.COMPLETE, pid)
+            after = await final(peer, await peer.submit("echo", after=True))
+            assert after.status is S.COMPLETE
+            assert after.worker_pid not in (None, pid)
+            assert record_statuses(peer, doomed) == [S.QUEUED, S.CANCELLED]
+
+    asyncio.run(scenario())
+
+
+def test_no_job_is_sent_ahead_of_a_job_not_known_to_be_quick(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A job sent ahead cannot be taken back, so none goes behind a job of a handler never
+    seen to end, or of one whose last run took `AHEAD_BELOW` or more, nor behind a job that
+    has already run that long: it waits in the server and goes to whichever worker frees
+    first."""
+    monkeypatch.setattr(process_workers, "AHEAD_BELOW", 0.1)
+
+    async def scenario() -> None:
+        async with serve_and_connect(workers=1) as (server, peer):
+            await known_quick(peer, "echo")  # quick jobs of another handler count for nothing
+            first = await peer.submit("sleep", seconds=0.3)
+            behind = await peer.submit("echo", behind=True)
+            pid = await peer.started_pid(first)
+            assert ahead_of(server) == {}
+            assert (await final(peer, behind)).status is S.COMPLETE  # `sleep` took 0.3 s
+
+            slow = await peer.submit("sleep", seconds=0.3)
+            after = await peer.submit("echo", after=True)
+            assert await peer.started_pid(slow) == pid
+            assert ahead_of(server) == {}, "behind a handler whose last run was slow"
+            assert (await final(peer, after)).status is S.COMPLETE
+
+            await known_quick(peer, "sleep", seconds=0, quiet=True)
+            slow = await peer.submit("sleep", seconds=0.8)
+            assert await peer.started_pid(slow) == pid
+            await asyncio.sleep(3 * process_workers.AHEAD_BELOW)
+            late = await peer.submit("echo", late=True)
+            assert ahead_of(server) == {}, "behind a job that has run AHEAD_BELOW"
+            done = await final(peer, late)
+            assert (done.status, done.worker_pid) == (S.COMPLETE, pid)
 
     asyncio.run(scenario())
 

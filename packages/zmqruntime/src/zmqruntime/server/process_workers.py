@@ -1,17 +1,24 @@
 """The server's own worker processes, fed attempts over ZeroMQ (docs/protocol.md §7).
 
 The default executor. Each worker is a spawned process (`worker_main.serve_jobs`) that
-connects to the server's jobs socket (ROUTER) and runs the `run_job` messages it is handed;
-it reports their ends on the progress channel, after their other reports. A worker holds one
-attempt at a time; the others wait here, encoded, and the next goes out the moment a worker
-reports an end. (A job sent ahead to a busy worker could not be taken back, and would wait
-behind a long job while another worker idles.) So handing an attempt over starts it, and the
-server learns each start, with the worker's pid, without a `worker_started` report.
+connects to the server's jobs socket (ROUTER) and runs the `run_job` messages it is handed, in
+the order they came; it reports their ends on the progress channel, after their other reports.
+
+A worker runs one attempt and may hold one more, sent ahead so that it finds its next job
+waiting instead of idling for a round trip through the server. An attempt sent ahead cannot be
+taken back, and would wait behind a long job while another worker idles, so one goes ahead only
+behind a job expected to be quick: the last attempt of its handler took less than
+`AHEAD_BELOW`, and it has run less than that so far. Everything else waits here, encoded, and
+the next goes out the moment a worker reports an end. An attempt starts when its worker is free
+to run it: when it is handed to an idle worker, or, sent ahead, when the end of the attempt
+before it arrives. So the server learns each start, with the worker's pid, without a
+`worker_started` report.
 
 A process pool has threads in the server that pickle calls and collect results, and it breaks
 as a whole when one worker dies. Here nothing runs outside the event loop, and a death costs
 only the attempts handed to that worker: the loop watches every process's sentinel, tells the
-server which attempts it held and how it died, and starts a replacement.
+server which attempts it held (the one it ran, and the one sent ahead, which never started)
+and how it died, and starts a replacement.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import contextlib
 import logging
 import multiprocessing
 import os
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
@@ -40,7 +48,7 @@ log = logging.getLogger(__name__)
 
 #: Told which attempts a dead worker held, pid → how it died, and why they were lost.
 LostCallback = Callable[[list[Dispatch], Mapping[int, str], str], None]
-#: Told that an attempt was handed to the (idle) worker process `pid`: it starts now.
+#: Told that worker process `pid` is free to run an attempt handed to it: it starts now.
 HandedCallback = Callable[[Dispatch, int], None]
 
 #: Deaths before `worker_ready` in a row after which waiting attempts are given up as lost
@@ -50,17 +58,31 @@ _FAILED_STARTS_TOLERATED: Final = 3
 _MAX_RESTART_DELAY: Final = 5.0
 #: How long a closing server waits for its workers to exit before it kills them.
 _EXIT_WAIT: Final = 5.0
+#: An attempt is sent ahead to a busy worker only behind a job expected to take less than this
+#: (seconds): the last attempt of its handler did, and it has run less than this so far.
+#: Behind a job that long, a round trip through the server costs a few percent at most.
+AHEAD_BELOW: Final = 0.01
 
 
 class _Worker:
-    """One worker process and the attempt it runs, if any."""
+    """One worker process, the attempt it runs and the one sent ahead, if any."""
 
     def __init__(self, identity: bytes, process: Any) -> None:
         self.identity = identity
         self.process = process
         self.pid: int = process.pid
         self.ready = False
-        self.holding: Dispatch | None = None
+        self.running: Dispatch | None = None
+        #: Sent ahead while `running` runs; it starts when `running` ends.
+        self.ahead: Dispatch | None = None
+        #: `time.monotonic()` when `running` started.
+        self.started_at = 0.0
+        #: About to be killed: hand it nothing, start nothing on it.
+        self.retiring = False
+
+    def attempts(self) -> list[Dispatch]:
+        """The attempts it holds: the running one first."""
+        return [d for d in (self.running, self.ahead) if d is not None]
 
 
 class ProcessWorkers:
@@ -68,7 +90,7 @@ class ProcessWorkers:
 
     `jobs` is the bound ROUTER socket the workers connect to (owned from now on); `config`
     is every worker's `WorkerConfig` (each gets an identity of its own). `on_handed` learns
-    of each attempt sent to a worker, and `on_lost` of the attempts of each worker that died;
+    of each attempt's start in a worker, and `on_lost` of the attempts of each worker that died;
     `after_batch` runs after each batch of messages from the workers. All methods run on the
     event loop's thread.
     """
@@ -102,6 +124,8 @@ class ProcessWorkers:
         self._workers: dict[bytes, _Worker] = {}
         self._where: dict[int, _Worker] = {}
         self._waiting: deque[tuple[Dispatch, list[Any]]] = deque()
+        #: Handler name → how long its last attempt ran on a worker (start to end).
+        self._took: dict[str, float] = {}
         self._failed_starts = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._restarts: list[asyncio.TimerHandle] = []
@@ -133,6 +157,17 @@ class ProcessWorkers:
     def process_pids(self) -> set[int]:
         """Pids of the worker processes (started, not yet found dead)."""
         return {worker.pid for worker in self._workers.values()}
+
+    def retire(self, pid: int) -> None:
+        """Worker `pid` is about to be killed: hand it nothing more, and start nothing sent
+        ahead to it (that attempt never runs there; its death gives it back)."""
+        for worker in self._workers.values():
+            if worker.pid == pid:
+                worker.retiring = True
+
+    def sent_ahead(self) -> dict[int, str]:
+        """Worker pid → the execution id of the attempt sent ahead to it (not yet started)."""
+        return {w.pid: w.ahead.execution_id for w in self._workers.values() if w.ahead}
 
     def kill_all(self) -> None:
         """SIGKILL every worker (a forced shutdown): their deaths are handled as usual, but
@@ -178,20 +213,24 @@ class ProcessWorkers:
             result_limit=result_limit,
         )
         self._waiting.append((dispatch, self._codec.encode(message)))
-        self._hand_out()
+        self.hand_out()
 
     def ended(self, execution_id: str, attempt: int, pid: int) -> Dispatch | None:
         """Worker `pid` reported the end of `attempt` of `execution_id`: its dispatch, or
-        None (and nothing changed) if that worker does not hold it (a stale or forged report)."""
+        None (and nothing changed) if that worker does not run it (a stale or forged report).
+
+        Call `hand_out` once the end is recorded: the attempt sent ahead to that worker, if
+        any, starts then, so no record shows a start before the end of the job before it.
+        """
         worker = self._where.get(attempt)
         if worker is None or worker.pid != pid:
             return None
-        dispatch = worker.holding
-        if dispatch is None or dispatch.execution_id != execution_id:
+        dispatch = worker.running
+        if dispatch is None or dispatch.attempt != attempt or dispatch.execution_id != execution_id:
             return None
         del self._where[attempt]
-        worker.holding = None
-        self._hand_out()
+        worker.running = None
+        self._took[dispatch.handler] = time.monotonic() - worker.started_at
         return dispatch
 
     def withdraw(self, execution_id: str) -> Dispatch | None:
@@ -203,18 +242,49 @@ class ProcessWorkers:
                 return dispatch
         return None
 
-    def _hand_out(self) -> None:
-        while self._waiting:
-            worker = next((w for w in self._workers.values() if w.ready and not w.holding), None)
-            if worker is None:
-                return
+    def hand_out(self) -> None:
+        """Start the attempts sent ahead to workers that are free now, then send waiting
+        attempts to the workers that may take them."""
+        for freed in self._workers.values():
+            if freed.running is None and freed.ahead is not None and not freed.retiring:
+                ahead, freed.ahead = freed.ahead, None
+                self._start(freed, ahead)
+        while self._waiting and (worker := self._taker()) is not None:
             dispatch, frames = self._waiting.popleft()
-            worker.holding = dispatch
             self._where[dispatch.attempt] = worker
             # A ROUTER send to a connected peer never waits; one to a worker that just died
             # is dropped, and the attempt is given back when its death is handled.
             self._jobs.send([worker.identity, *frames])
-            self._on_handed(dispatch, worker.pid)
+            if worker.running is None:
+                self._start(worker, dispatch)
+            else:
+                worker.ahead = dispatch
+
+    def _taker(self) -> _Worker | None:
+        """The worker to send the next attempt to: an idle ready one, else a busy one that
+        may take one ahead, else None."""
+        ahead: _Worker | None = None
+        now = time.monotonic()
+        for worker in self._workers.values():
+            if not worker.ready or worker.retiring:
+                continue
+            if worker.running is None:
+                return worker
+            if ahead is None and worker.ahead is None and self._quick(worker, now):
+                ahead = worker
+        return ahead
+
+    def _quick(self, worker: _Worker, now: float) -> bool:
+        """Whether the busy worker's job is expected to end soon (see `AHEAD_BELOW`)."""
+        running = worker.running
+        assert running is not None
+        took = self._took.get(running.handler)
+        return took is not None and took < AHEAD_BELOW and now - worker.started_at < AHEAD_BELOW
+
+    def _start(self, worker: _Worker, dispatch: Dispatch) -> None:
+        worker.running = dispatch
+        worker.started_at = time.monotonic()
+        self._on_handed(dispatch, worker.pid)
 
     # -- news from the workers ------------------------------------------------------------
 
@@ -232,7 +302,7 @@ class ProcessWorkers:
         if not worker.ready:
             worker.ready = True
             self._failed_starts = 0
-            self._hand_out()
+            self.hand_out()
 
     def _died(self, worker: _Worker) -> None:
         """A worker's sentinel fired: give its attempts back, then replace it."""
@@ -241,10 +311,10 @@ class ProcessWorkers:
         how = exit_description(worker.process) or "ended"
         worker.process.join(0)  # reap it
         self._workers.pop(worker.identity, None)
-        lost = [] if worker.holding is None else [worker.holding]
+        lost = worker.attempts()
         for dispatch in lost:
             self._where.pop(dispatch.attempt, None)
-        worker.holding = None
+        worker.running = worker.ahead = None
         log.warning("worker process %d %s; attempts lost: %d", worker.pid, how, len(lost))
         if lost:
             self._on_lost(lost, {worker.pid: how}, f"worker process {worker.pid} {how}")

@@ -112,9 +112,10 @@ FINAL_LINGER_MS: Final = 1000
 RECORD_ALLOWANCE: Final = 4096
 #: A forced shutdown waits this long for executions it cannot kill (thread executors).
 FORCED_GRACE_SECONDS: Final = 10.0
-#: Attempts in flight per worker, for the server's own workers: one runs, the others wait in
-#: the server already encoded (still `queued`), so the next goes out the moment a `job_ended`
-#: arrives, without a trip through the scheduler. Other executors get one per worker.
+#: Attempts in flight per worker, for the server's own workers: one runs, the other is sent
+#: ahead to it or waits in the server already encoded (still `queued`), so the next starts the
+#: moment a `job_ended` arrives, without a trip through the scheduler. Other executors get one
+#: per worker.
 PREFETCH: Final = 2
 #: Longest the `running` event of an execution is held back after its start, so one that ends
 #: within it publishes its end alone (one event, not two: short jobs cost less to everyone).
@@ -229,6 +230,11 @@ class ExecutionServer:
     def counters(self) -> Counters:
         """What the server refused and ran so far (plus progress_dropped, internal_errors)."""
         return self.scheduler.counters
+
+    @property
+    def process_workers(self) -> ProcessWorkers | None:
+        """The server's own worker processes, once started (None with another executor)."""
+        return self._workers
 
     @property
     def curve_refusals(self) -> int:
@@ -545,6 +551,8 @@ class ExecutionServer:
                         if isinstance(effect.message, CancelNotice):
                             withdrawn |= self._withdraw(effect.message.execution_id)
                     elif isinstance(effect, KillWorker):
+                        if self._workers is not None:  # it must take no job on its way out
+                            self._workers.retire(effect.pid)
                         self._stats.kill(effect.pid, f"force-cancel of {effect.execution_id}")
                 except Exception:
                     self._internal_error(f"carrying out {effect!r}")
@@ -666,7 +674,7 @@ class ExecutionServer:
         workers = self._workers
         ended = message.execution_id, message.attempt, message.pid
         dispatch = None if workers is None else workers.ended(*ended)
-        if dispatch is None:
+        if workers is None or dispatch is None:
             self.counters.rejected_malformed += 1
             log.info("ignored the end of attempt %d: no worker of ours holds it", message.attempt)
             return
@@ -680,9 +688,11 @@ class ExecutionServer:
             self._finish(dispatch, outcome, sized=True)  # the worker held it to result_limit
         except Exception as exc:
             self._finish_failed(dispatch, exc)
+        workers.hand_out()  # its worker's next attempt starts after this end, never before
 
     def _handed_to_worker(self, dispatch: Dispatch, pid: int) -> None:
-        """An attempt went to one of our idle workers: it runs from now on, in `pid`."""
+        """One of our workers is free to run an attempt it was handed: it runs from now on,
+        in `pid`."""
         self.scheduler.worker_started(dispatch.execution_id, pid, dispatch.attempt)
         self._stats.watch(pid)
 
