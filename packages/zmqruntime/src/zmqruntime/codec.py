@@ -10,9 +10,7 @@ to read one, so the server can still answer the request.
 
 from __future__ import annotations
 
-import itertools
 import json
-import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from json import encoder as json_encoder
@@ -41,6 +39,7 @@ from zmqruntime.schema import (
     key_segment,
 )
 from zmqruntime.signing import MessageSigner, ReplayGuard, frame_length
+from zmqruntime.unique_ids import UniqueIds
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -283,27 +282,8 @@ def _as_buffer(frame: InFrame) -> Frame:
     return view
 
 
-class _MessageIds:
-    """The `msg_id`s of this process: 16 random hex digits drawn once, then a 16-digit
-    counter. A random draw per message costs a system call; the replay guard needs only
-    that no id repeats. A forked child draws a prefix of its own, so it never repeats its
-    parent's ids."""
-
-    def __init__(self) -> None:
-        self.renew()
-
-    def renew(self) -> None:
-        self.prefix = os.urandom(8).hex()
-        self.count = itertools.count(1)
-
-    def __call__(self) -> str:
-        return f"{self.prefix}{next(self.count):016x}"
-
-
-#: A fresh `msg_id` (thread-safe: `next` on a counter is atomic).
-next_msg_id: Final = _MessageIds()
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=next_msg_id.renew)
+#: A fresh `msg_id`: unique in this process and its forked children (see `UniqueIds`).
+next_msg_id: Final = UniqueIds(renew_at_fork=True)
 
 
 def _check_id(name: str, value: object) -> str | None:

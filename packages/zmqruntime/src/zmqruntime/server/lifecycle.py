@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -26,6 +25,7 @@ import attrs
 
 from zmqruntime.execution_status import LEGAL_TRANSITIONS, ExecutionStatus
 from zmqruntime.messages import ErrorInfo, ExecutionRecord
+from zmqruntime.unique_ids import UniqueIds
 
 __all__ = ["Lifecycle"]
 
@@ -48,6 +48,7 @@ class Lifecycle:
         self._running: OrderedDict[str, None] = OrderedDict()
         self._terminal: OrderedDict[str, None] = OrderedDict()
         self._evicted: list[str] = []
+        self._ids = UniqueIds()  # a prefix of this run's own: no id of a restored record
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -120,7 +121,7 @@ class Lifecycle:
         """Create a `queued` record at the back of the queue. Check `is_full` first."""
         if self.is_full:
             raise RuntimeError("lifecycle is full: every record is still queued or running")
-        execution_id = uuid.uuid4().hex
+        execution_id = self._ids()
         record = ExecutionRecord(
             execution_id=execution_id,
             handler=handler,
