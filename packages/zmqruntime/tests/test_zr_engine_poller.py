@@ -27,6 +27,7 @@ from zmqruntime.engines import (
     PollOutcome,
     PollOutcomeKind,
     StatusObservation,
+    terminal_outcome,
 )
 from zmqruntime.execution_status import ExecutionStatus
 from zmqruntime.testing import ManualClock, asyncio_test
@@ -524,3 +525,29 @@ def test_run_blocking_without_and_inside_a_loop() -> None:
 
     assert asyncio.run(notebook_cell()).kind is PollOutcomeKind.COMPLETE
     assert threading.enumerate() == threads_before
+
+
+# -- terminal_outcome: what a first look at an ended execution returns ----------------------
+
+
+@pytest.mark.parametrize("status", TERMINAL)
+@pytest.mark.parametrize(
+    "payload",
+    [{}, {"error": {"code": "handler_error", "message": "boom"}}, {"result": {"n": 1}}],
+)
+@asyncio_test
+async def test_terminal_outcome_is_what_the_poller_returns_at_its_first_look(
+    status: ExecutionStatus, payload: dict[str, Any]
+) -> None:
+    """`ExecutionClient.wait` returns `terminal_outcome` instead of running a poller when the
+    record it already holds has ended: both must agree exactly."""
+    seen = observation(status, **payload)
+    policy = CallbackExecutionStatusPollPolicy(poll_status_fn=Script([seen]).poll)
+    polled = await ExecutionStatusPoller().run(EID, policy, signals=ExecutionSignals())
+    assert terminal_outcome(EID, seen) == polled
+
+
+@pytest.mark.parametrize("status", NON_TERMINAL)
+def test_terminal_outcome_refuses_an_execution_that_has_not_ended(status: ExecutionStatus) -> None:
+    with pytest.raises(ValueError, match="terminal status"):
+        terminal_outcome(EID, observation(status))

@@ -22,7 +22,7 @@ from zmqruntime.engines.poll_policy import (
     StatusObservation,
 )
 from zmqruntime.engines.signals import ExecutionSignals, ExecutionWatch, WakeReason
-from zmqruntime.engines.status_poller import ExecutionStatusPoller
+from zmqruntime.engines.status_poller import ExecutionStatusPoller, terminal_outcome
 
 __all__ = [
     "BatchAborted",
@@ -44,4 +44,5 @@ __all__ = [
     "PollOutcomeKind",
     "StatusObservation",
     "WakeReason",
+    "terminal_outcome",
 ]

@@ -44,7 +44,7 @@ from zmqruntime.engines.poll_policy import ExecutionStatusPollPolicyABC, StatusO
 from zmqruntime.engines.signals import ExecutionSignals, ExecutionWatch, WakeReason
 from zmqruntime.execution_status import ExecutionStatus
 
-__all__ = ["ExecutionStatusPoller"]
+__all__ = ["ExecutionStatusPoller", "terminal_outcome"]
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
@@ -331,6 +331,21 @@ class _PollRun:
             return await self.watch.wait(seconds)
         await asyncio.sleep(max(seconds, 0.0))
         return WakeReason.TIMEOUT
+
+
+def terminal_outcome(execution_id: str, observation: StatusObservation) -> PollOutcome:
+    """The outcome of a run whose first look shows this observation of an execution that has
+    ended (status terminal), as a poller without hooks returns it at once."""
+    status = observation.status
+    if not status.is_terminal:
+        raise ValueError(f"observation.status: expected a terminal status, got {status}")
+    return PollOutcome(
+        kind=_KIND_OF_TERMINAL[status],
+        execution_id=execution_id,
+        status=status,
+        payload=observation.payload,
+        reason=_terminal_reason(status, observation.payload),
+    )
 
 
 def _terminal_reason(status: ExecutionStatus, payload: Mapping[str, Any]) -> str:
