@@ -228,6 +228,18 @@ async def known_quick(peer: RawPeer, handler: str, **params: Any) -> None:
     assert (await final(peer, await peer.submit(handler, **params))).status is S.COMPLETE
 
 
+async def sent_ahead(
+    server: ExecutionServer, peer: RawPeer, pid: int, **params: Any
+) -> tuple[str, str]:
+    """Submit a 0.5 s `sleep` (a handler known to be quick) and an `echo` of `params`: the
+    echo goes ahead to worker `pid` while the sleep runs there. Their execution ids."""
+    long = await peer.submit("sleep", seconds=0.5)
+    ahead = await peer.submit("echo", **params)
+    assert await peer.started_pid(long) == pid
+    assert ahead_of(server) == {pid: ahead}
+    return long, ahead
+
+
 @pytest.mark.usefixtures("generous_ahead")
 def test_a_job_sent_ahead_starts_when_the_one_before_it_ends_and_a_cancel_skips_it() -> None:
     """A quick worker is sent its next job while it runs one. That job stays `queued`, with
@@ -239,10 +251,7 @@ def test_a_job_sent_ahead_starts_when_the_one_before_it_ends_and_a_cancel_skips_
             await known_quick(peer, "sleep", seconds=0, quiet=True)
             (pid,) = await worker_pids(peer)
 
-            long = await peer.submit("sleep", seconds=0.5)
-            ahead = await peer.submit("echo", ahead=True)
-            assert await peer.started_pid(long) == pid
-            assert ahead_of(server) == {pid: ahead}
+            long, ahead = await sent_ahead(server, peer, pid, ahead=True)
             waiting = (await peer.status(ahead)).execution
             assert (waiting.status, waiting.worker_pid, waiting.started_at) == (
                 S.QUEUED,
@@ -264,10 +273,7 @@ def test_a_job_sent_ahead_starts_when_the_one_before_it_ends_and_a_cancel_skips_
                 [S.QUEUED, S.COMPLETE],
             )
 
-            long = await peer.submit("sleep", seconds=0.5)
-            doomed = await peer.submit("echo", doomed=True)
-            assert await peer.started_pid(long) == pid
-            assert ahead_of(server) == {pid: doomed}
+            long, doomed = await sent_ahead(server, peer, pid, doomed=True)
             assert (await peer.cancel(doomed)).changed
             skipped = await final(peer, doomed)
             assert (skipped.status, skipped.worker_pid, skipped.started_at) == (
@@ -332,10 +338,7 @@ def test_a_forced_cancel_of_a_job_ahead_ends_its_worker_only_after_the_job_befor
         async with serve_and_connect(workers=1) as (server, peer):
             await known_quick(peer, "sleep", seconds=0, quiet=True)
             (pid,) = await worker_pids(peer)
-            long = await peer.submit("sleep", seconds=0.5)
-            doomed = await peer.submit("echo", doomed=True)
-            assert await peer.started_pid(long) == pid
-            assert ahead_of(server) == {pid: doomed}
+            long, doomed = await sent_ahead(server, peer, pid, doomed=True)
             assert (await peer.cancel(doomed, force=True)).changed
             skipped = await final(peer, doomed)
             assert (skipped.status, skipped.worker_pid) == (S.CANCELLED, None)
