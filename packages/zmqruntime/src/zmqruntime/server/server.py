@@ -551,9 +551,9 @@ class ExecutionServer:
                         if isinstance(effect.message, CancelNotice):
                             withdrawn |= self._withdraw(effect.message.execution_id)
                     elif isinstance(effect, KillWorker):
-                        if self._workers is not None:  # it must take no job on its way out
-                            self._workers.retire(effect.pid)
-                        self._stats.kill(effect.pid, f"force-cancel of {effect.execution_id}")
+                        why = f"force-cancel of {effect.execution_id}"
+                        if self._stats.kill(effect.pid, why) and self._workers is not None:
+                            self._workers.retire(effect.pid)  # no job for it on its way out
                 except Exception:
                     self._internal_error(f"carrying out {effect!r}")
             try:
