@@ -228,7 +228,7 @@ async def known_quick(peer: RawPeer, handler: str, **params: Any) -> None:
     assert (await final(peer, await peer.submit(handler, **params))).status is S.COMPLETE
 
 
-async def sent_ahead(
+async def echo_sent_ahead(
     server: ExecutionServer, peer: RawPeer, pid: int, **params: Any
 ) -> tuple[str, str]:
     """Submit a 0.5 s `sleep` (a handler known to be quick) and an `echo` of `params`: the
@@ -251,7 +251,7 @@ def test_a_job_sent_ahead_starts_when_the_one_before_it_ends_and_a_cancel_skips_
             await known_quick(peer, "sleep", seconds=0, quiet=True)
             (pid,) = await worker_pids(peer)
 
-            long, ahead = await sent_ahead(server, peer, pid, ahead=True)
+            long, ahead = await echo_sent_ahead(server, peer, pid, ahead=True)
             waiting = (await peer.status(ahead)).execution
             assert (waiting.status, waiting.worker_pid, waiting.started_at) == (
                 S.QUEUED,
@@ -273,7 +273,7 @@ def test_a_job_sent_ahead_starts_when_the_one_before_it_ends_and_a_cancel_skips_
                 [S.QUEUED, S.COMPLETE],
             )
 
-            long, doomed = await sent_ahead(server, peer, pid, doomed=True)
+            long, doomed = await echo_sent_ahead(server, peer, pid, doomed=True)
             assert (await peer.cancel(doomed)).changed
             skipped = await final(peer, doomed)
             assert (skipped.status, skipped.worker_pid, skipped.started_at) == (
@@ -338,7 +338,7 @@ def test_a_forced_cancel_of_a_job_ahead_ends_its_worker_only_after_the_job_befor
         async with serve_and_connect(workers=1) as (server, peer):
             await known_quick(peer, "sleep", seconds=0, quiet=True)
             (pid,) = await worker_pids(peer)
-            long, doomed = await sent_ahead(server, peer, pid, doomed=True)
+            long, doomed = await echo_sent_ahead(server, peer, pid, doomed=True)
             assert (await peer.cancel(doomed, force=True)).changed
             skipped = await final(peer, doomed)
             assert (skipped.status, skipped.worker_pid) == (S.CANCELLED, None)
