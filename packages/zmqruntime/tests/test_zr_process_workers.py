@@ -209,8 +209,8 @@ def test_short_jobs_pass_a_long_one_on_the_other_worker() -> None:
 # -- jobs sent ahead ------------------------------------------------------------------------
 
 
-def ahead_of(server: ExecutionServer) -> dict[int, str]:
-    """Worker pid → the execution sent ahead to it."""
+def ahead_of(server: ExecutionServer) -> dict[int, tuple[str, ...]]:
+    """Worker pid → the executions sent ahead to it, in order."""
     workers = server.process_workers
     assert workers is not None
     return workers.sent_ahead()
@@ -236,7 +236,7 @@ async def echo_sent_ahead(
     long = await peer.submit("sleep", seconds=0.5)
     ahead = await peer.submit("echo", **params)
     assert await peer.started_pid(long) == pid
-    assert ahead_of(server) == {pid: ahead}
+    assert ahead_of(server) == {pid: (ahead,)}
     return long, ahead
 
 
@@ -308,7 +308,7 @@ def test_a_worker_that_dies_with_a_job_ahead_loses_only_the_job_it_ran() -> None
             victim = await peer.submit("uncooperative", seconds=60)
             ahead = await peer.submit("echo", ahead=True)
             assert await peer.started_pid(victim) == pid
-            assert ahead_of(server) == {pid: ahead}
+            assert ahead_of(server) == {pid: (ahead,)}
 
             os.kill(pid, signal.SIGKILL)
             lost = await final(peer, victim)
@@ -348,6 +348,86 @@ def test_a_forced_cancel_of_a_job_ahead_ends_its_worker_only_after_the_job_befor
             assert after.status is S.COMPLETE
             assert after.worker_pid not in (None, pid)
             assert record_statuses(peer, doomed) == [S.QUEUED, S.CANCELLED]
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.usefixtures("generous_ahead")
+def test_up_to_AHEAD_DEPTH_jobs_go_ahead_to_a_quick_worker_and_run_there_in_order() -> None:
+    """Behind a quick job, a worker is sent up to `AHEAD_DEPTH` more; the next waits in the
+    server. Each starts only once the one before it has ended."""
+    depth = process_workers.AHEAD_DEPTH
+
+    async def scenario() -> None:
+        async with serve_and_connect(workers=1) as (server, peer):
+            await known_quick(peer, "sleep", seconds=0, quiet=True)
+            await known_quick(peer, "echo")
+            (pid,) = await worker_pids(peer)
+            long = await peer.submit("sleep", seconds=0.5)
+            echoes = [await peer.submit("echo", n=n) for n in range(depth + 2)]
+            assert await peer.started_pid(long) == pid
+            assert ahead_of(server) == {pid: tuple(echoes[:depth])}
+            assert (await peer.status(echoes[-1])).execution.status is S.QUEUED
+            previous = await final(peer, long)
+            for n, echo in enumerate(echoes):
+                record = await final(peer, echo)
+                assert (record.status, record.result, record.worker_pid) == (
+                    S.COMPLETE,
+                    {"n": n},
+                    pid,
+                )
+                assert record.started_at is not None
+                assert previous.finished_at is not None
+                assert record.started_at >= previous.finished_at
+                previous = record
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.usefixtures("generous_ahead")
+def test_jobs_ahead_go_to_the_worker_with_the_fewest_ahead() -> None:
+    async def scenario() -> None:
+        async with serve_and_connect(workers=2) as (server, peer):
+            await known_quick(peer, "sleep", seconds=0, quiet=True)
+            await known_quick(peer, "echo")
+            workers = server.process_workers
+            assert workers is not None
+
+            async def both_ready() -> bool:
+                return len(workers.ready_pids()) == 2
+
+            await until(peer, both_ready, "both workers ready")
+            longs = [await peer.submit("sleep", seconds=0.5) for _ in range(2)]
+            echoes = [await peer.submit("echo", n=n) for n in range(2)]
+            pids = {await peer.started_pid(long) for long in longs}
+            assert len(pids) == 2
+            ahead = ahead_of(server)
+            assert set(ahead) == pids
+            assert sorted(ahead.values()) == sorted((echo,) for echo in echoes)
+
+    asyncio.run(scenario())
+
+
+def test_no_job_goes_ahead_behind_jobs_expected_to_take_AHEAD_BELOW_in_all(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A job ahead of a handler whose last run was slow holds up the worker as much as a
+    running one: nothing more goes ahead behind it."""
+    monkeypatch.setattr(process_workers, "AHEAD_BELOW", 0.25)
+
+    async def scenario() -> None:
+        async with serve_and_connect(workers=1) as (server, peer):
+            await known_quick(peer, "sleep", seconds=0, quiet=True)
+            await known_quick(peer, "uncooperative", seconds=0.5)  # known to take 0.5 s
+            (pid,) = await worker_pids(peer)
+            long = await peer.submit("sleep", seconds=1.0)
+            slow = await peer.submit("uncooperative", seconds=0)
+            last = await peer.submit("echo", last=True)
+            assert await peer.started_pid(long) == pid
+            assert ahead_of(server) == {pid: (slow,)}
+            for execution_id in (long, slow, last):
+                record = await final(peer, execution_id)
+                assert (record.status, record.worker_pid) == (S.COMPLETE, pid)
 
     asyncio.run(scenario())
 

@@ -4,20 +4,22 @@ The default executor. Each worker is a spawned process (`worker_main.serve_jobs`
 connects to the server's jobs socket (ROUTER) and runs the `run_job` messages it is handed, in
 the order they came; it reports their ends on the progress channel, after their other reports.
 
-A worker runs one attempt and may hold one more, sent ahead so that it finds its next job
-waiting instead of idling for a round trip through the server. An attempt sent ahead cannot be
-taken back, and would wait behind a long job while another worker idles, so one goes ahead only
-behind a job expected to be quick: the last attempt of its handler took less than
-`AHEAD_BELOW`, and it has run less than that so far. Everything else waits here, encoded, and
-the next goes out the moment a worker reports an end. An attempt starts when its worker is free
-to run it: when it is handed to an idle worker, or, sent ahead, when the end of the attempt
-before it arrives. So the server learns each start, with the worker's pid, without a
-`worker_started` report.
+A worker runs one attempt and may hold up to `AHEAD_DEPTH` more, sent ahead so that it finds
+its next job waiting instead of idling for a round trip through the server (a worker that never
+idles also costs every process less per job: none is woken once per message). An attempt sent
+ahead cannot be taken back, and would wait behind a long job while another worker idles, so one
+goes ahead only behind jobs expected to be quick: the last attempts of their handlers took less
+than `AHEAD_BELOW` in all, and the running one has run less than that so far. Everything else
+waits here, encoded, at most one per worker (the rest stay in the scheduler), and the next goes
+out the moment a worker reports an end. An attempt starts when its worker is free to run it:
+when it is handed to an idle worker, or, sent ahead, when the end of the attempt before it
+arrives. So the server learns each start, with the worker's pid, without a `worker_started`
+report.
 
 A process pool has threads in the server that pickle calls and collect results, and it breaks
 as a whole when one worker dies. Here nothing runs outside the event loop, and a death costs
 only the attempts handed to that worker: the loop watches every process's sentinel, tells the
-server which attempts it held (the one it ran, and the one sent ahead, which never started)
+server which attempts it held (the one it ran, and those sent ahead, which never started)
 and how it died, and starts a replacement.
 """
 
@@ -58,14 +60,18 @@ _FAILED_STARTS_TOLERATED: Final = 3
 _MAX_RESTART_DELAY: Final = 5.0
 #: How long a closing server waits for its workers to exit before it kills them.
 _EXIT_WAIT: Final = 5.0
-#: An attempt is sent ahead to a busy worker only behind a job expected to take less than this
-#: (seconds): the last attempt of its handler did, and it has run less than this so far.
-#: Behind a job that long, a round trip through the server costs a few percent at most.
+#: An attempt is sent ahead to a busy worker only behind jobs expected to take less than this
+#: (seconds) in all: the last attempts of their handlers did, and the running one has run less
+#: than this so far. Behind jobs that long, a round trip through the server costs a few percent
+#: at most.
 AHEAD_BELOW: Final = 0.01
+#: Most attempts sent ahead to one worker. Each one more saves less (the worker already finds
+#: its next job waiting) and is one more that waits if a quick handler turns out slow.
+AHEAD_DEPTH: Final = 3
 
 
 class _Worker:
-    """One worker process, the attempt it runs and the one sent ahead, if any."""
+    """One worker process, the attempt it runs and those sent ahead, in order."""
 
     def __init__(self, identity: bytes, process: Any) -> None:
         self.identity = identity
@@ -73,8 +79,8 @@ class _Worker:
         self.pid: int = process.pid
         self.ready = False
         self.running: Dispatch | None = None
-        #: Sent ahead while `running` runs; it starts when `running` ends.
-        self.ahead: Dispatch | None = None
+        #: Sent ahead while `running` runs; the first starts when `running` ends.
+        self.ahead: deque[Dispatch] = deque()
         #: `time.monotonic()` when `running` started.
         self.started_at = 0.0
         #: About to be killed: hand it nothing, start nothing on it.
@@ -82,7 +88,7 @@ class _Worker:
 
     def attempts(self) -> list[Dispatch]:
         """The attempts it holds: the running one first."""
-        return [d for d in (self.running, self.ahead) if d is not None]
+        return [d for d in (self.running, *self.ahead) if d is not None]
 
 
 class ProcessWorkers:
@@ -158,6 +164,10 @@ class ProcessWorkers:
         """Pids of the worker processes (started, not yet found dead)."""
         return {worker.pid for worker in self._workers.values()}
 
+    def ready_pids(self) -> set[int]:
+        """Pids of the worker processes that said `worker_ready` (and are not found dead)."""
+        return {worker.pid for worker in self._workers.values() if worker.ready}
+
     def retire(self, pid: int) -> None:
         """Worker `pid` is about to be killed: hand it nothing more, and start nothing sent
         ahead to it (that attempt never runs there; its death gives it back)."""
@@ -165,9 +175,18 @@ class ProcessWorkers:
             if worker.pid == pid:
                 worker.retiring = True
 
-    def sent_ahead(self) -> dict[int, str]:
-        """Worker pid → the execution id of the attempt sent ahead to it (not yet started)."""
-        return {w.pid: w.ahead.execution_id for w in self._workers.values() if w.ahead}
+    def sent_ahead(self) -> dict[int, tuple[str, ...]]:
+        """Worker pid → the execution ids of the attempts sent ahead to it (not yet started),
+        in the order it will run them."""
+        return {
+            w.pid: tuple(d.execution_id for d in w.ahead) for w in self._workers.values() if w.ahead
+        }
+
+    def has_room(self) -> bool:
+        """Whether to take another attempt from the scheduler: fewer wait here, unsent, than
+        there are workers. Those sent ahead do not count, so quick workers are kept fed,
+        while slow ones leave the rest in the scheduler's queue."""
+        return len(self._waiting) < self.count
 
     def kill_all(self) -> None:
         """SIGKILL every worker (a forced shutdown): their deaths are handled as usual, but
@@ -219,7 +238,7 @@ class ProcessWorkers:
         """Worker `pid` reported the end of `attempt` of `execution_id`: its dispatch, or
         None (and nothing changed) if that worker does not run it (a stale or forged report).
 
-        Call `hand_out` once the end is recorded: the attempt sent ahead to that worker, if
+        Call `hand_out` once the end is recorded: the first attempt sent ahead to that worker, if
         any, starts then, so no record shows a start before the end of the job before it.
         """
         worker = self._where.get(attempt)
@@ -246,9 +265,8 @@ class ProcessWorkers:
         """Start the attempts sent ahead to workers that are free now, then send waiting
         attempts to the workers that may take them."""
         for freed in self._workers.values():
-            if freed.running is None and freed.ahead is not None and not freed.retiring:
-                ahead, freed.ahead = freed.ahead, None
-                self._start(freed, ahead)
+            if freed.running is None and freed.ahead and not freed.retiring:
+                self._start(freed, freed.ahead.popleft())
         while self._waiting and (worker := self._taker()) is not None:
             dispatch, frames = self._waiting.popleft()
             self._where[dispatch.attempt] = worker
@@ -258,28 +276,36 @@ class ProcessWorkers:
             if worker.running is None:
                 self._start(worker, dispatch)
             else:
-                worker.ahead = dispatch
+                worker.ahead.append(dispatch)
 
     def _taker(self) -> _Worker | None:
-        """The worker to send the next attempt to: an idle ready one, else a busy one that
-        may take one ahead, else None."""
-        ahead: _Worker | None = None
+        """The worker to send the next attempt to: an idle ready one, else the busy one with
+        the fewest sent ahead that may take one more, else None."""
+        best: _Worker | None = None
         now = time.monotonic()
         for worker in self._workers.values():
             if not worker.ready or worker.retiring:
                 continue
             if worker.running is None:
                 return worker
-            if ahead is None and worker.ahead is None and self._quick(worker, now):
-                ahead = worker
-        return ahead
+            fewer = len(worker.ahead) < (AHEAD_DEPTH if best is None else len(best.ahead))
+            if fewer and self._quick(worker, now):
+                best = worker
+        return best
 
     def _quick(self, worker: _Worker, now: float) -> bool:
-        """Whether the busy worker's job is expected to end soon (see `AHEAD_BELOW`)."""
-        running = worker.running
-        assert running is not None
-        took = self._took.get(running.handler)
-        return took is not None and took < AHEAD_BELOW and now - worker.started_at < AHEAD_BELOW
+        """Whether the jobs the busy worker holds are expected to end soon (see
+        `AHEAD_BELOW`)."""
+        if now - worker.started_at >= AHEAD_BELOW:
+            return False
+        expected = 0.0
+        for held in (worker.running, *worker.ahead):
+            assert held is not None
+            took = self._took.get(held.handler)
+            if took is None:
+                return False
+            expected += took
+        return expected < AHEAD_BELOW
 
     def _start(self, worker: _Worker, dispatch: Dispatch) -> None:
         worker.running = dispatch
@@ -314,7 +340,8 @@ class ProcessWorkers:
         lost = worker.attempts()
         for dispatch in lost:
             self._where.pop(dispatch.attempt, None)
-        worker.running = worker.ahead = None
+        worker.running = None
+        worker.ahead.clear()
         log.warning("worker process %d %s; attempts lost: %d", worker.pid, how, len(lost))
         if lost:
             self._on_lost(lost, {worker.pid: how}, f"worker process {worker.pid} {how}")

@@ -69,7 +69,7 @@ from zmqruntime.server.completions import CompletionInbox
 from zmqruntime.server.counters import Counters
 from zmqruntime.server.handlers import HandlerFunction, HandlerRegistry
 from zmqruntime.server.journal import ExecutionJournal
-from zmqruntime.server.process_workers import ProcessWorkers
+from zmqruntime.server.process_workers import AHEAD_DEPTH, ProcessWorkers
 from zmqruntime.server.record_batch import EXECUTIONS_TOPIC, RecordBatch
 from zmqruntime.server.scheduler import (
     Dispatch,
@@ -112,11 +112,6 @@ FINAL_LINGER_MS: Final = 1000
 RECORD_ALLOWANCE: Final = 4096
 #: A forced shutdown waits this long for executions it cannot kill (thread executors).
 FORCED_GRACE_SECONDS: Final = 10.0
-#: Attempts in flight per worker, for the server's own workers: one runs, the other is sent
-#: ahead to it or waits in the server already encoded (still `queued`), so the next starts the
-#: moment a `job_ended` arrives, without a trip through the scheduler. Other executors get one
-#: per worker.
-PREFETCH: Final = 2
 #: Longest the `running` event of an execution is held back after its start, so one that ends
 #: within it publishes its end alone (one event, not two: short jobs cost less to everyone).
 START_EVENT_DELAY: Final = 0.005
@@ -181,9 +176,11 @@ class ExecutionServer:
         extra: dict[str, Any] = {} if clock is None else {"clock": clock}
         self.scheduler = ExecutionScheduler(
             self.handlers,
-            # Only our own workers get attempts ahead: another executor (Dask) queues and
+            # Only our own workers get attempts ahead (one runs, up to AHEAD_DEPTH are sent
+            # ahead, and `has_room` keeps one more per worker waiting here, encoded, so the next
+            # goes out the moment a `job_ended` arrives): another executor (Dask) queues and
             # schedules by itself, and a task waiting on one of its workers dies with it.
-            slots=self.workers * (PREFETCH if executor_factory is None else 1),
+            slots=self.workers * (1 + AHEAD_DEPTH if executor_factory is None else 1),
             max_records=max_records,
             artifact_ttl=artifact_ttl,
             heartbeat_interval=heartbeat_interval,
@@ -616,15 +613,17 @@ class ExecutionServer:
         return True
 
     def _pump(self) -> None:
-        """Submit dispatches while the scheduler has free slots and waiting work; then carry
-        out the effects."""
+        """Submit dispatches while the scheduler has free slots and waiting work (and our own
+        workers have room, see `ProcessWorkers.has_room`); then carry out the effects."""
         if self._closed.is_set() or (self._pool is None and self._workers is None):
             return
-        while (dispatch := self.scheduler.next_dispatch()) is not None:
+        workers = self._workers
+        while (workers is None or workers.has_room()) and (
+            dispatch := self.scheduler.next_dispatch()
+        ) is not None:
             try:
-                if self._workers is not None:
-                    limit = self._result_limit(dispatch.execution_id)
-                    self._workers.dispatch(dispatch, limit)
+                if workers is not None:
+                    workers.dispatch(dispatch, self._result_limit(dispatch.execution_id))
                 elif not self._submit_to_pool(dispatch):
                     break
             except Exception as exc:
