@@ -216,6 +216,17 @@ def ahead_of(server: ExecutionServer) -> dict[int, tuple[str, ...]]:
     return workers.sent_ahead()
 
 
+def assert_ran_after(
+    before: ExecutionRecord, after: ExecutionRecord, result: Any, pid: int
+) -> None:
+    """`after` completed with `result` on worker `pid`, and started no sooner than `before`
+    ended."""
+    assert (after.status, after.result, after.worker_pid) == (S.COMPLETE, result, pid)
+    assert before.finished_at is not None
+    assert after.started_at is not None
+    assert after.started_at >= before.finished_at
+
+
 @pytest.fixture
 def generous_ahead(monkeypatch: pytest.MonkeyPatch) -> None:
     """Any job counts as quick, however slow this machine is: the tests below decide what
@@ -259,15 +270,7 @@ def test_a_job_sent_ahead_starts_when_the_one_before_it_ends_and_a_cancel_skips_
                 None,
             )
             before = await final(peer, long)
-            after = await final(peer, ahead)
-            assert (after.status, after.result, after.worker_pid) == (
-                S.COMPLETE,
-                {"ahead": True},
-                pid,
-            )
-            assert before.finished_at is not None
-            assert after.started_at is not None
-            assert after.started_at >= before.finished_at
+            assert_ran_after(before, await final(peer, ahead), {"ahead": True}, pid)
             assert record_statuses(peer, ahead) in (
                 [S.QUEUED, S.RUNNING, S.COMPLETE],
                 [S.QUEUED, S.COMPLETE],
@@ -371,14 +374,7 @@ def test_up_to_AHEAD_DEPTH_jobs_go_ahead_to_a_quick_worker_and_run_there_in_orde
             previous = await final(peer, long)
             for n, echo in enumerate(echoes):
                 record = await final(peer, echo)
-                assert (record.status, record.result, record.worker_pid) == (
-                    S.COMPLETE,
-                    {"n": n},
-                    pid,
-                )
-                assert record.started_at is not None
-                assert previous.finished_at is not None
-                assert record.started_at >= previous.finished_at
+                assert_ran_after(previous, record, {"n": n}, pid)
                 previous = record
 
     asyncio.run(scenario())
