@@ -176,10 +176,11 @@ class ExecutionServer:
         extra: dict[str, Any] = {} if clock is None else {"clock": clock}
         self.scheduler = ExecutionScheduler(
             self.handlers,
-            # Only our own workers get attempts ahead (one runs, up to AHEAD_DEPTH are sent
-            # ahead, and `has_room` keeps one more per worker waiting here, encoded, so the next
-            # goes out the moment a `job_ended` arrives): another executor (Dask) queues and
-            # schedules by itself, and a task waiting on one of its workers dies with it.
+            # Only our own workers get attempts ahead (one runs and up to AHEAD_DEPTH are sent
+            # ahead; while they are busy with slow jobs, `has_room` keeps at most one per worker
+            # waiting here, encoded, for the moment a `job_ended` arrives): another executor
+            # (Dask) queues and schedules by itself, and a task waiting on one of its workers
+            # dies with it.
             slots=self.workers * (1 + AHEAD_DEPTH if executor_factory is None else 1),
             max_records=max_records,
             artifact_ttl=artifact_ttl,
