@@ -43,7 +43,6 @@ from zmqruntime.submit_batching import MAX_BATCH_BYTES
 from zmqruntime.testing import RawPeer, example_progress, serve_and_connect
 
 S = ExecutionStatus
-TERMINAL = (S.COMPLETE, S.FAILED, S.CANCELLED)
 #: Long enough that a wait which only ends by polling would hit the test's timeout.
 NEVER = 120.0
 
@@ -70,7 +69,7 @@ async def client_of(server: ExecutionServer) -> AsyncIterator[ExecutionClient]:
 
 
 async def completed(peer: RawPeer, execution_id: str) -> Any:
-    record = await peer.wait_status(execution_id, *TERMINAL, timeout=20)
+    record = await peer.wait_final(execution_id)
     assert record.status is S.COMPLETE, record
     return record.result
 

@@ -51,7 +51,6 @@ from zmqruntime.server.worker_runtime import result_size
 from zmqruntime.testing import SAMPLE_HANDLERS, RawPeer, example_progress, serve_and_connect
 
 S = ExecutionStatus
-TERMINAL = (S.COMPLETE, S.FAILED, S.CANCELLED)
 #: Small enough that over-large results and errors are cheap to make.
 SMALL_MESSAGES = 256 * 1024
 
@@ -59,10 +58,6 @@ pytestmark = pytest.mark.timeout(30)
 
 
 # -- requests -----------------------------------------------------------------------------
-
-
-async def final(peer: RawPeer, execution_id: str, *, timeout: float = 15.0) -> ExecutionRecord:
-    return await peer.wait_status(execution_id, *TERMINAL, timeout=timeout)
 
 
 async def worker_pids(peer: RawPeer) -> set[int]:
@@ -188,7 +183,7 @@ def test_short_jobs_pass_a_long_one_on_the_other_worker() -> None:
             long = await peer.submit("uncooperative", seconds=60)
             shorts = [await peer.submit("echo", i=i) for i in range(6)]
             long_pid = await peer.started_pid(long)
-            records = [await final(peer, eid) for eid in shorts]
+            records = [await peer.wait_final(eid) for eid in shorts]
             assert [r.status for r in records] == [S.COMPLETE] * 6
             assert [r.result for r in records] == [{"i": i} for i in range(6)]
             short_pids = {r.worker_pid for r in records}
@@ -236,7 +231,7 @@ def generous_ahead(monkeypatch: pytest.MonkeyPatch) -> None:
 
 async def known_quick(peer: RawPeer, handler: str, **params: Any) -> None:
     """Run `handler` once, so the server has seen how long it takes."""
-    assert (await final(peer, await peer.submit(handler, **params))).status is S.COMPLETE
+    assert (await peer.wait_final(await peer.submit(handler, **params))).status is S.COMPLETE
 
 
 async def echo_sent_ahead(
@@ -269,8 +264,8 @@ def test_a_job_sent_ahead_starts_when_the_one_before_it_ends_and_a_cancel_skips_
                 None,
                 None,
             )
-            before = await final(peer, long)
-            assert_ran_after(before, await final(peer, ahead), {"ahead": True}, pid)
+            before = await peer.wait_final(long)
+            assert_ran_after(before, await peer.wait_final(ahead), {"ahead": True}, pid)
             assert record_statuses(peer, ahead) in (
                 [S.QUEUED, S.RUNNING, S.COMPLETE],
                 [S.QUEUED, S.COMPLETE],
@@ -278,13 +273,13 @@ def test_a_job_sent_ahead_starts_when_the_one_before_it_ends_and_a_cancel_skips_
 
             long, doomed = await echo_sent_ahead(server, peer, pid, doomed=True)
             assert (await peer.cancel(doomed)).changed
-            skipped = await final(peer, doomed)
+            skipped = await peer.wait_final(doomed)
             assert (skipped.status, skipped.worker_pid, skipped.started_at) == (
                 S.CANCELLED,
                 None,
                 None,
             )
-            assert (await final(peer, long)).status is S.COMPLETE
+            assert (await peer.wait_final(long)).status is S.COMPLETE
 
             async def nothing_in_flight() -> bool:
                 return not server.scheduler.in_flight()
@@ -292,7 +287,7 @@ def test_a_job_sent_ahead_starts_when_the_one_before_it_ends_and_a_cancel_skips_
             await until(peer, nothing_in_flight, "the skipped job's end from the worker")
             assert ahead_of(server) == {}
             assert await worker_pids(peer) == {pid}  # nobody was killed
-            again = await final(peer, await peer.submit("echo", again=True))
+            again = await peer.wait_final(await peer.submit("echo", again=True))
             assert (again.status, again.worker_pid) == (S.COMPLETE, pid)
             assert record_statuses(peer, doomed) == [S.QUEUED, S.CANCELLED]
 
@@ -314,11 +309,11 @@ def test_a_worker_that_dies_with_a_job_ahead_loses_only_the_job_it_ran() -> None
             assert ahead_of(server) == {pid: (ahead,)}
 
             os.kill(pid, signal.SIGKILL)
-            lost = await final(peer, victim)
+            lost = await peer.wait_final(victim)
             assert (lost.status, lost.worker_pid) == (S.FAILED, pid)
             assert lost.error is not None
             assert lost.error.code is ErrorCode.WORKER_LOST
-            done = await final(peer, ahead)
+            done = await peer.wait_final(ahead)
             assert (done.status, done.result) == (S.COMPLETE, {"ahead": True})
             assert done.worker_pid not in (None, pid)
             assert record_statuses(peer, ahead) in (
@@ -343,11 +338,11 @@ def test_a_forced_cancel_of_a_job_ahead_ends_its_worker_only_after_the_job_befor
             (pid,) = await worker_pids(peer)
             long, doomed = await echo_sent_ahead(server, peer, pid, doomed=True)
             assert (await peer.cancel(doomed, force=True)).changed
-            skipped = await final(peer, doomed)
+            skipped = await peer.wait_final(doomed)
             assert (skipped.status, skipped.worker_pid) == (S.CANCELLED, None)
-            before = await final(peer, long)
+            before = await peer.wait_final(long)
             assert (before.status, before.worker_pid) == (S.COMPLETE, pid)
-            after = await final(peer, await peer.submit("echo", after=True))
+            after = await peer.wait_final(await peer.submit("echo", after=True))
             assert after.status is S.COMPLETE
             assert after.worker_pid not in (None, pid)
             assert record_statuses(peer, doomed) == [S.QUEUED, S.CANCELLED]
@@ -371,9 +366,9 @@ def test_up_to_AHEAD_DEPTH_jobs_go_ahead_to_a_quick_worker_and_run_there_in_orde
             assert await peer.started_pid(long) == pid
             assert ahead_of(server) == {pid: tuple(echoes[:depth])}
             assert (await peer.status(echoes[-1])).execution.status is S.QUEUED
-            previous = await final(peer, long)
+            previous = await peer.wait_final(long)
             for n, echo in enumerate(echoes):
-                record = await final(peer, echo)
+                record = await peer.wait_final(echo)
                 assert_ran_after(previous, record, {"n": n}, pid)
                 previous = record
 
@@ -422,7 +417,7 @@ def test_no_job_goes_ahead_behind_jobs_expected_to_take_AHEAD_BELOW_in_all(
             assert await peer.started_pid(long) == pid
             assert ahead_of(server) == {pid: (slow,)}
             for execution_id in (long, slow, last):
-                record = await final(peer, execution_id)
+                record = await peer.wait_final(execution_id)
                 assert (record.status, record.worker_pid) == (S.COMPLETE, pid)
 
     asyncio.run(scenario())
@@ -444,13 +439,13 @@ def test_no_job_is_sent_ahead_of_a_job_not_known_to_be_quick(
             behind = await peer.submit("echo", behind=True)
             pid = await peer.started_pid(first)
             assert ahead_of(server) == {}
-            assert (await final(peer, behind)).status is S.COMPLETE  # `sleep` took 0.3 s
+            assert (await peer.wait_final(behind)).status is S.COMPLETE  # `sleep` took 0.3 s
 
             slow = await peer.submit("sleep", seconds=0.3)
             after = await peer.submit("echo", after=True)
             assert await peer.started_pid(slow) == pid
             assert ahead_of(server) == {}, "behind a handler whose last run was slow"
-            assert (await final(peer, after)).status is S.COMPLETE
+            assert (await peer.wait_final(after)).status is S.COMPLETE
 
             await known_quick(peer, "sleep", seconds=0, quiet=True)
             slow = await peer.submit("sleep", seconds=0.8)
@@ -458,7 +453,7 @@ def test_no_job_is_sent_ahead_of_a_job_not_known_to_be_quick(
             await asyncio.sleep(3 * process_workers.AHEAD_BELOW)
             late = await peer.submit("echo", late=True)
             assert ahead_of(server) == {}, "behind a job that has run AHEAD_BELOW"
-            done = await final(peer, late)
+            done = await peer.wait_final(late)
             assert (done.status, done.worker_pid) == (S.COMPLETE, pid)
 
     asyncio.run(scenario())
@@ -475,7 +470,7 @@ def test_a_killed_worker_fails_only_its_own_attempt_and_is_replaced() -> None:
             assert (await peer.status(waiting)).execution.status is S.QUEUED
 
             os.kill(victim_pid, signal.SIGKILL)
-            lost = await final(peer, victim)
+            lost = await peer.wait_final(victim)
             assert lost.status is S.FAILED
             assert lost.error is not None
             assert lost.error.code is ErrorCode.WORKER_LOST
@@ -485,7 +480,7 @@ def test_a_killed_worker_fails_only_its_own_attempt_and_is_replaced() -> None:
 
             # The waiting attempt was never sent to the dead worker: it runs, once, on its
             # replacement (the neighbour is still busy), with no trace of the loss.
-            done = await final(peer, waiting)
+            done = await peer.wait_final(waiting)
             assert done.status is S.COMPLETE
             assert done.result == {"waited": True}
             replacement = done.worker_pid
@@ -500,7 +495,7 @@ def test_a_killed_worker_fails_only_its_own_attempt_and_is_replaced() -> None:
             assert (await peer.status(neighbour)).execution.status is S.RUNNING
 
             again = await peer.submit("echo", after=True)
-            record = await final(peer, again)
+            record = await peer.wait_final(again)
             assert (record.status, record.worker_pid) == (S.COMPLETE, replacement)
             counters = (await peer.server_status()).counters
             assert (counters.completed, counters.failed) == (2, 1)
@@ -543,10 +538,10 @@ def test_forged_or_stale_reports_are_dropped_and_the_real_outcome_stands() -> No
             assert server.counters.rejected_malformed == malformed + len(ends)
             assert server.counters.progress_dropped == dropped + len(stale_starts)
 
-            real = await final(peer, target)
+            real = await peer.wait_final(target)
             assert (real.status, real.result) == (S.COMPLETE, {"slept": 1.0})
             assert real.worker_pid == target_pid
-            after = await final(peer, waiting)
+            after = await peer.wait_final(waiting)
             assert (after.status, after.result) == (S.COMPLETE, {"real": True})
             assert after.worker_pid == target_pid  # the blocker's worker is still busy
             for eid in (target, waiting):
@@ -578,7 +573,7 @@ def test_a_job_ended_naming_another_execution_changes_nothing() -> None:
             assert server.counters.rejected_malformed == malformed + 1
             # Premise: the forged end was handled while the worker still held the attempt.
             assert (await peer.status(target)).execution.status is S.RUNNING
-            record = await final(peer, target, timeout=5.0)
+            record = await peer.wait_final(target, timeout=5.0)
             assert (record.status, record.result) == (S.COMPLETE, {"slept": 2.0})
 
     asyncio.run(scenario())
@@ -602,7 +597,7 @@ def test_cancelling_attempts_waiting_in_the_server_ends_them_at_once_and_kills_n
             for reply in (gentle, forced):
                 assert (reply.changed, reply.status) == (True, S.CANCELLED)
             for eid in waiting:
-                record = await final(peer, eid)
+                record = await peer.wait_final(eid)
                 assert record.status is S.CANCELLED
                 assert record.error is not None
                 assert record.error.code is ErrorCode.CANCELLED
@@ -620,10 +615,10 @@ def test_cancelling_attempts_waiting_in_the_server_ends_them_at_once_and_kills_n
 
             follower = await peer.submit("echo", follower=True)
             for eid, pid in zip(busy, pids, strict=True):
-                record = await final(peer, eid)
+                record = await peer.wait_final(eid)
                 assert (record.status, record.worker_pid) == (S.COMPLETE, pid)
                 assert record.result == {"done": True}
-            after = await final(peer, follower)
+            after = await peer.wait_final(follower)
             assert after.status is S.COMPLETE
             assert after.worker_pid in pids
             for eid in waiting:
@@ -664,7 +659,7 @@ def test_event_sequences_have_no_gaps_when_start_and_end_share_a_batch() -> None
             fast = [await peer.submit("echo", i=i) for i in range(24)]
             chatty = [await peer.submit("report", n=15, axes=["A01", "B02"]) for _ in range(3)]
             for eid in [*fast, *chatty]:
-                record = await final(peer, eid)
+                record = await peer.wait_final(eid)
                 assert record.status is S.COMPLETE
                 assert record.started_at is not None
                 assert record.worker_pid is not None
@@ -705,7 +700,7 @@ def test_a_job_that_reports_nothing_is_running_while_it_runs() -> None:
             assert started.worker_pid in await worker_pids(peer)
             assert started.started_at is not None
             await peer.cancel(eid)
-            done = await final(peer, eid)
+            done = await peer.wait_final(eid)
             assert (done.status, done.worker_pid) == (S.CANCELLED, started.worker_pid)
             assert check_sequence(peer.events_of(eid)) == ["queued", "running", "cancelled"]
 
@@ -726,7 +721,7 @@ def test_graceful_shutdown_leaves_no_worker_process() -> None:
             async with RawPeer(info) as peer:
                 await peer.ready()
                 crash = await peer.submit("exit_worker", how="kill")
-                lost = await final(peer, crash)
+                lost = await peer.wait_final(crash)
                 assert lost.status is S.FAILED
                 assert lost.error is not None
                 assert lost.error.code is ErrorCode.WORKER_LOST
@@ -742,11 +737,11 @@ def test_graceful_shutdown_leaves_no_worker_process() -> None:
                 assert workers == pids
                 assert workers <= spawned_children() - before
                 await peer.cancel(holder)
-                assert (await final(peer, holder)).status is S.CANCELLED
+                assert (await peer.wait_final(holder)).status is S.CANCELLED
                 cancelled = await server.shutdown()
                 assert cancelled == []
                 # Graceful: the job still running was let finish.
-                assert (await final(peer, runner)).status is S.COMPLETE
+                assert (await peer.wait_final(runner)).status is S.COMPLETE
         finally:
             await server.shutdown(force=True)
         assert server.closed
@@ -776,7 +771,7 @@ def test_workers_die_with_a_killed_server_idle_busy_and_replaced_alike(
         async with RawPeer(server.info) as peer:
             await peer.ready()
             crash = await peer.submit("exit_worker", how="kill")
-            dead = (await final(peer, crash)).worker_pid
+            dead = (await peer.wait_final(crash)).worker_pid
             assert dead is not None
 
             async def replaced() -> bool:
@@ -824,12 +819,12 @@ def test_results_too_large_for_a_message_fail_and_the_worker_goes_on() -> None:
         async with serve_and_connect(workers=1, max_message_size=SMALL_MESSAGES) as (_, peer):
             limit = SMALL_MESSAGES - RECORD_ALLOWANCE
             size = largest_array_result(limit)
-            fits = await final(peer, await peer.submit("array_result", size=size))
+            fits = await peer.wait_final(await peer.submit("array_result", size=size))
             assert fits.status is S.COMPLETE
             np.testing.assert_array_equal(fits.result["image"], np.arange(size, dtype=np.float64))
             pid = fits.worker_pid
 
-            over = await final(peer, await peer.submit("array_result", size=size + 1))
+            over = await peer.wait_final(await peer.submit("array_result", size=size + 1))
             assert over.status is S.FAILED
             assert over.error is not None
             assert over.error.code is ErrorCode.HANDLER_ERROR
@@ -837,13 +832,13 @@ def test_results_too_large_for_a_message_fail_and_the_worker_goes_on() -> None:
             assert str(limit) in over.error.message
             # Params that just fit in a request, echoed back: too large for the event.
             blob = "x" * (SMALL_MESSAGES - 1024)
-            echoed = await final(peer, await peer.submit("echo", blob=blob))
+            echoed = await peer.wait_final(await peer.submit("echo", blob=blob))
             assert echoed.status is S.FAILED
             assert echoed.error is not None
             assert echoed.error.code is ErrorCode.HANDLER_ERROR
             assert "max_message_size" in echoed.error.message
 
-            after = await final(peer, await peer.submit("echo", small=True))
+            after = await peer.wait_final(await peer.submit("echo", small=True))
             assert (after.status, after.result) == (S.COMPLETE, {"small": True})
             assert after.worker_pid == pid == over.worker_pid == echoed.worker_pid
             assert await worker_pids(peer) == {pid}
@@ -860,11 +855,11 @@ def test_a_huge_error_is_cut_to_fit_and_the_worker_goes_on() -> None:
     async def scenario() -> None:
         async with serve_and_connect(workers=1, max_message_size=SMALL_MESSAGES) as (_, peer):
             failing = await peer.submit("fail", message="x" * 150_000)
-            record = await final(peer, failing, timeout=5.0)
+            record = await peer.wait_final(failing, timeout=5.0)
             assert record.status is S.FAILED
             assert record.error is not None
             assert record.error.code is ErrorCode.HANDLER_ERROR
-            after = await final(peer, await peer.submit("echo", ok=True), timeout=5.0)
+            after = await peer.wait_final(await peer.submit("echo", ok=True), timeout=5.0)
             assert after.status is S.COMPLETE
 
     asyncio.run(scenario())
@@ -883,7 +878,7 @@ def test_a_result_at_the_limit_with_a_non_ascii_label_is_published() -> None:
             limit = SMALL_MESSAGES - RECORD_ALLOWANCE - len(label.encode())
             size = largest_array_result(limit)
             eid = await peer.submit("array_result", size=size, label=label)
-            record = await final(peer, eid, timeout=5.0)
+            record = await peer.wait_final(eid, timeout=5.0)
             assert record.status in {S.COMPLETE, S.FAILED}
             assert (await peer.status(eid)).execution == record
 

@@ -19,28 +19,22 @@ from zmqruntime.messages import (
     ErrorCode,
     ErrorReply,
     ExecutionEvent,
-    ExecutionRecord,
     Ping,
     Pong,
     Submit,
     SubmitReply,
 )
 from zmqruntime.progress import ProgressUpdate
-from zmqruntime.testing import RawPeer, serve_and_connect
+from zmqruntime.testing import serve_and_connect
 
 S = ExecutionStatus
-TERMINAL = (S.COMPLETE, S.FAILED, S.CANCELLED)
-
-
-async def final(peer: RawPeer, execution_id: str) -> ExecutionRecord:
-    return await peer.wait_status(execution_id, *TERMINAL)
 
 
 def test_progress_arrives_in_sequence_before_the_result() -> None:
     async def scenario() -> None:
         async with serve_and_connect(workers=1) as (_, peer):
             eid = await peer.submit("report", n=20, axes=["A01", "A02", "B01"])
-            record = await final(peer, eid)
+            record = await peer.wait_final(eid)
             assert record.status is S.COMPLETE
             assert record.result == {"reported": 20}
             assert record.worker_pid is not None
@@ -68,20 +62,20 @@ def test_results_failures_and_bad_results() -> None:
             array_id = await peer.submit("array_result", size=100_000)
             fail_id = await peer.submit("fail", message="no such well")
             bad_id = await peer.submit("bad_result")
-            done = await final(peer, array_id)
+            done = await peer.wait_final(array_id)
             assert done.status is S.COMPLETE
             image = done.result["image"]
             assert isinstance(image, np.ndarray)
             assert image.dtype == np.float64
             np.testing.assert_array_equal(image, np.arange(100_000, dtype=np.float64))
-            failed = await final(peer, fail_id)
+            failed = await peer.wait_final(fail_id)
             assert failed.status is S.FAILED
             assert failed.error is not None
             assert failed.error.code is ErrorCode.HANDLER_ERROR
             assert "no such well" in failed.error.message
             assert failed.error.traceback
             assert "RuntimeError" in failed.error.traceback
-            bad = await final(peer, bad_id)
+            bad = await peer.wait_final(bad_id)
             assert bad.status is S.FAILED
             assert bad.error is not None
             assert bad.error.code is ErrorCode.HANDLER_ERROR
@@ -117,7 +111,7 @@ def test_queue_positions_are_exact_and_a_queued_cancel_never_starts() -> None:
             ]
             await peer.cancel(blocker)
             for eid in (ids[0], ids[2]):
-                assert (await final(peer, eid)).status is S.COMPLETE
+                assert (await peer.wait_final(eid)).status is S.COMPLETE
             statuses = [
                 e.record.status for e in peer.events_of(ids[1]) if isinstance(e, ExecutionEvent)
             ]
@@ -135,18 +129,18 @@ def test_a_worker_killed_mid_job_fails_that_execution_only() -> None:
             pid = await peer.started_pid(victim)
             await peer.started_pid(neighbour)
             os.kill(pid, signal.SIGKILL)
-            lost = await final(peer, victim)
+            lost = await peer.wait_final(victim)
             assert lost.status is S.FAILED
             assert lost.error is not None
             assert lost.error.code is ErrorCode.WORKER_LOST
             assert str(pid) in lost.error.message
             assert "SIGKILL" in lost.error.message
             # The server and the other executions go on.
-            assert (await final(peer, neighbour)).status is S.COMPLETE
-            assert (await final(peer, queued)).status is S.COMPLETE
+            assert (await peer.wait_final(neighbour)).status is S.COMPLETE
+            assert (await peer.wait_final(queued)).status is S.COMPLETE
             assert isinstance(await peer.request(Ping()), Pong)
             again = await peer.submit("echo", ok=True)
-            assert (await final(peer, again)).result == {"ok": True}
+            assert (await peer.wait_final(again)).result == {"ok": True}
             assert pid not in {w.pid for w in (await peer.server_status()).workers}
 
     asyncio.run(scenario())
@@ -156,13 +150,13 @@ def test_a_handler_that_ends_its_own_worker_fails_with_worker_lost() -> None:
     async def scenario() -> None:
         async with serve_and_connect(workers=1) as (_, peer):
             eid = await peer.submit("exit_worker", how="exit")
-            record = await final(peer, eid)
+            record = await peer.wait_final(eid)
             assert record.status is S.FAILED
             assert record.error is not None
             assert record.error.code is ErrorCode.WORKER_LOST
             assert "exited with code 3" in record.error.message
             after = await peer.submit("echo", x=1)
-            assert (await final(peer, after)).status is S.COMPLETE
+            assert (await peer.wait_final(after)).status is S.COMPLETE
 
     asyncio.run(scenario())
 
@@ -176,12 +170,12 @@ def test_cancel_one_of_three_running_executions() -> None:
             reply = await peer.cancel(ids[1])
             assert reply.changed
             assert reply.status is S.CANCELLED
-            record = await final(peer, ids[1])
+            record = await peer.wait_final(ids[1])
             assert record.status is S.CANCELLED
             assert record.error is not None
             assert record.error.code is ErrorCode.CANCELLED
-            assert (await final(peer, ids[0])).status is S.COMPLETE
-            assert (await final(peer, ids[2])).status is S.COMPLETE
+            assert (await peer.wait_final(ids[0])).status is S.COMPLETE
+            assert (await peer.wait_final(ids[2])).status is S.COMPLETE
             assert (await peer.status(ids[1])).execution == record  # still cancelled
             again = await peer.cancel(ids[1])
             assert (again.changed, again.status) == (False, S.CANCELLED)
@@ -205,7 +199,7 @@ def test_force_cancel_ends_that_worker_and_the_others_complete() -> None:
             assert reply.status is S.CANCELLED
             await asyncio.to_thread(process.wait, 10)  # the worker process is ended
             for eid in others:
-                assert (await final(peer, eid)).status is S.COMPLETE
+                assert (await peer.wait_final(eid)).status is S.COMPLETE
             record = (await peer.status(target)).execution
             assert record.status is S.CANCELLED
             assert record.error is not None
@@ -222,7 +216,7 @@ def test_a_result_returned_after_cancellation_is_ignored() -> None:
             assert (await peer.cancel(eid)).changed
             # One worker: the next execution starts only once the late result came back.
             follower = await peer.submit("echo", n=1)
-            assert (await final(peer, follower)).status is S.COMPLETE
+            assert (await peer.wait_final(follower)).status is S.COMPLETE
             record = (await peer.status(eid)).execution
             assert record.status is S.CANCELLED
             assert record.result is None
@@ -251,14 +245,14 @@ def test_compile_artifacts_are_used_and_expire() -> None:
             )
             assert isinstance(compiled, SubmitReply)
             artifact_id = compiled.execution_id
-            assert (await final(peer, artifact_id)).result == {
+            assert (await peer.wait_final(artifact_id)).result == {
                 "plan": {"steps": ["blur", "count"], "compiled_by": "test"}
             }
             run = await peer.request(
                 Submit(handler="execute", params={}, compile_artifact_id=artifact_id)
             )
             assert isinstance(run, SubmitReply)
-            record = await final(peer, run.execution_id)
+            record = await peer.wait_final(run.execution_id)
             assert record.result == {"executed": ["blur", "count"], "compile_only": False}
             assert record.compile_artifact_id == artifact_id
             # Expires before it is handed to a worker: the execution fails artifact_missing.
@@ -274,7 +268,7 @@ def test_compile_artifacts_are_used_and_expire() -> None:
             clock.now += 61.0
             await peer.cancel(held)
             await peer.cancel(blocker)
-            expired = await final(peer, late.execution_id)
+            expired = await peer.wait_final(late.execution_id)
             assert expired.status is S.FAILED
             assert expired.error is not None
             assert expired.error.code is ErrorCode.ARTIFACT_MISSING
@@ -304,7 +298,7 @@ def test_worker_figures_are_real() -> None:
             assert mine[0].execution_id == eid
             assert mine[0].memory_mb > 1.0
             await peer.cancel(eid)
-            assert (await final(peer, eid)).status is S.CANCELLED
+            assert (await peer.wait_final(eid)).status is S.CANCELLED
 
     asyncio.run(scenario())
 
@@ -313,13 +307,13 @@ def test_a_result_too_large_for_any_message_fails_clearly() -> None:
     async def scenario() -> None:
         async with serve_and_connect(workers=1, max_message_size=256 * 1024) as (_, peer):
             big = await peer.submit("array_result", size=100_000)  # 800 kB of float64
-            record = await final(peer, big)
+            record = await peer.wait_final(big)
             assert record.status is S.FAILED
             assert record.error is not None
             assert record.error.code is ErrorCode.HANDLER_ERROR
             assert "800" in record.error.message
             assert "max_message_size" in record.error.message
             small = await peer.submit("array_result", size=1000)
-            assert (await final(peer, small)).status is S.COMPLETE
+            assert (await peer.wait_final(small)).status is S.COMPLETE
 
     asyncio.run(scenario())

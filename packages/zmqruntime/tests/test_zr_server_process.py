@@ -67,7 +67,7 @@ def test_graceful_shutdown_cancels_the_queue_and_lets_running_work_finish() -> N
             assert refused.code is ErrorCode.SHUTTING_DOWN
             assert isinstance(await peer.request(Ping()), Pong)  # still answering meanwhile
             assert (await peer.wait_status(queued, S.CANCELLED)).error is not None
-            done = await peer.wait_status(running, S.COMPLETE, S.FAILED, S.CANCELLED)
+            done = await peer.wait_final(running)
             assert done.status is S.COMPLETE
             assert done.result == {"slept": 0.5}
             await asyncio.wait_for(serving, 20)
@@ -169,7 +169,7 @@ def test_sigterm_is_a_graceful_shutdown_that_leaves_no_orphans(tmp_path: Path) -
                 await peer.wait_progress(eid)
                 workers = await worker_processes(peer)
                 server.terminate()
-                record = await peer.wait_status(eid, S.COMPLETE, S.FAILED, S.CANCELLED)
+                record = await peer.wait_final(eid)
                 return workers, record.status
 
         workers, status = asyncio.run(scenario())

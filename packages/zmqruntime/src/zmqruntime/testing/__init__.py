@@ -251,6 +251,12 @@ class RawPeer:
         assert isinstance(envelope.message, ExecutionEvent)
         return envelope.message.record
 
+    async def wait_final(self, execution_id: str, *, timeout: float = 20.0) -> ExecutionRecord:
+        """The execution's end: its first `execution` event with a terminal status."""
+        return await self.wait_status(
+            execution_id, *(s for s in ExecutionStatus if s.is_terminal), timeout=timeout
+        )
+
     async def wait_progress(self, execution_id: str, *, timeout: float = 20.0) -> ProgressUpdate:
         """The first progress event of this execution."""
 
