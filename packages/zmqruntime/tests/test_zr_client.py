@@ -6,14 +6,16 @@ import asyncio
 import logging
 import os
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from zmqruntime.blocking_client import BlockingExecutionClient
 from zmqruntime.client import ExecutionClient, Resynced, ServerError, ServerUnavailable
-from zmqruntime.engines import PollOutcomeKind
+from zmqruntime.engines import ExecutionWatch, PollOutcomeKind
 from zmqruntime.execution_status import ExecutionStatus
 from zmqruntime.messages import ExecutionEvent, Heartbeat
 from zmqruntime.progress import ProgressUpdate
@@ -144,6 +146,88 @@ def test_a_reader_that_falls_behind_gets_a_resync_snapshot(server: ServerProcess
     run(scenario)
 
 
+class HeldSnapshots(ExecutionClient):
+    """A client whose status replies can be held back once received: a resync kept in flight
+    for as long as a test needs (the server and the snapshot it took are real)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.released = asyncio.Event()
+        self.released.set()
+        self.holding = asyncio.Event()
+
+    async def status(self, execution_id: str | None = None, **kwargs: Any) -> Any:
+        reply = await super().status(execution_id, **kwargs)
+        if not self.released.is_set():
+            self.holding.set()
+            await self.released.wait()
+        return reply
+
+
+async def pushed(watch: ExecutionWatch, done: Callable[[ExecutionStatus], bool]) -> None:
+    """Until an `execution` event this client read shows a status that `done` accepts."""
+    while (seen := watch.take_pushed()) is None or not done(seen.status):
+        await watch.wait(NEVER)
+
+
+async def published(client: ExecutionClient, execution_id: str, *, reports: int) -> None:
+    """Until the server's snapshot shows that many reports: it has published them by then (no
+    event tells the client so: they may still be on their way to it)."""
+    async with asyncio.timeout(10):
+        while True:
+            latest = (await client.status(execution_id)).latest_progress
+            if latest is not None and latest.completed >= reports:
+                return
+            await asyncio.sleep(0.01)
+
+
+def test_a_gap_found_while_a_resync_is_in_flight_gets_a_resync_of_its_own(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    """A snapshot asked for before an execution ended cannot stand in for its end: the events
+    a reader missed while that snapshot was on its way are resynced again after it."""
+    go, resume, marker_go = (tmp_path / name for name in ("go", "resume", "marker"))
+
+    async def scenario() -> None:
+        async with HeldSnapshots(server.info, event_buffer=1) as client:
+            params = {"n": 4, "go_file": str(go), "pause_at": 2, "resume_file": str(resume)}
+            execution_id = (await client.submit("report", params)).execution_id
+            stream = client.events(execution_id)
+            await anext(stream)  # subscribed; the reports have not started
+            go.touch()
+            await published(client, execution_id, reports=2)
+            # A later execution's end, read by this client, shows it has read both reports: one
+            # fills the 1-slot buffer, the other overflowed it.
+            marker = await client.submit("report", {"n": 0, "go_file": str(marker_go)})
+            with client.signals.watch(marker.execution_id) as watch:
+                marker_go.touch()
+                await pushed(watch, lambda status: status.is_terminal)
+            client.released.clear()
+            await anext(stream)  # the overflow is noticed: a resync starts, and is held
+            await asyncio.wait_for(client.holding.wait(), 10)  # with the reports paused at 2
+            with client.signals.watch(execution_id) as watch:
+                resume.touch()
+                await pushed(watch, lambda status: status is ExecutionStatus.COMPLETE)
+            # Two more reports and the end arrived: one report is buffered, the rest overflowed.
+            await anext(stream)  # noticed while the held resync is still on its way
+            client.released.set()
+            try:
+                async with asyncio.timeout(10):
+                    async for event in stream:
+                        if (
+                            isinstance(event, Resynced)
+                            and event.snapshot.execution.status.is_terminal
+                        ):
+                            assert event.snapshot.execution.result == {"reported": 4}
+                            break
+                        assert not isinstance(event, ExecutionEvent), "the end was never buffered"
+            except TimeoutError:
+                raise AssertionError("the reader never learnt that the execution ended") from None
+            await stream.aclose()
+
+    run(scenario)
+
+
 def test_blocking_client_works_inside_a_running_loop(server: ServerProcess) -> None:
     async def notebook_cell() -> None:
         # A Jupyter cell: a loop is running, and the user calls blocking code.
@@ -160,11 +244,14 @@ def test_blocking_client_without_a_loop_and_its_event_iterator(server: ServerPro
     with BlockingExecutionClient.connect(server.info) as client:
         reply = client.submit("report", {"n": 5})
         covered: set[int] = set()  # the seqs this iterator saw, or saw summed up by a snapshot
-        last = 0  # the terminal event's seq, once seen
-        # Joining late, the snapshot may come after the terminal event: read until covered.
+        last = 0  # the seq of the execution's end, once seen
+        # Joining late, the snapshot may come after the terminal event, or stand in for it
+        # (the execution ended before the iterator subscribed): read until covered.
         for event in client.events(reply.execution_id):
             if isinstance(event, Resynced):
                 covered |= set(range(1, event.snapshot.seq + 1))
+                if event.snapshot.execution.status.is_terminal:
+                    last = event.snapshot.seq
             elif isinstance(event, ProgressUpdate | ExecutionEvent):
                 covered.add(event.seq)
             if isinstance(event, ExecutionEvent) and event.record.status.is_terminal:

@@ -179,6 +179,9 @@ class ExecutionClient:
         self._records: OrderedDict[str, tuple[ExecutionRecord, int]] = OrderedDict()
         self._records_bytes = 0
         self._resyncing: set[str] = set()
+        # Resyncs asked for while one was in flight: its snapshot may predate what was missed
+        # since, so another follows it.
+        self._resync_again: set[str] = set()
         # Resyncs whose status request failed (server stalled or unreachable): retried on the
         # next heartbeat, the sign that the server answers again.
         self._failed_resyncs: dict[tuple[str, int], _Subscription | None] = {}
@@ -627,7 +630,10 @@ class ExecutionClient:
             self._schedule_resync(execution_id)
 
     def _schedule_resync(self, execution_id: str) -> None:
-        if execution_id in self._resyncing or self._closed:
+        if self._closed:
+            return
+        if execution_id in self._resyncing:
+            self._resync_again.add(execution_id)
             return
         self._resyncing.add(execution_id)
         self._spawn(self._resync(execution_id), f"resync-{execution_id}")
@@ -643,6 +649,7 @@ class ExecutionClient:
 
     async def _resync(self, execution_id: str, only: _Subscription | None = None) -> None:
         """Fetch a snapshot and deliver it to every iterator of the execution (or `only`)."""
+        again = False
         try:
             snapshot = await self.status(execution_id)
         except ServerUnavailable as exc:
@@ -655,15 +662,20 @@ class ExecutionClient:
         finally:
             if only is None:
                 self._resyncing.discard(execution_id)
+                # A failed resync is retried (or given up) as a whole, so no second one is due.
+                again = execution_id in self._resync_again
+                self._resync_again.discard(execution_id)
         last = self._last_seq.get(execution_id, 0)
         self._last_seq[execution_id] = max(last, snapshot.seq)
         if snapshot.seq > last:  # the record kept may be older than the snapshot: drop it
             self._forget_record(execution_id)
         event = Resynced(execution_id=execution_id, snapshot=snapshot)
-        if only is None:
-            self._fan_out(event, execution_id)
-        else:
+        if only is not None:
             only.offer(event, execution_id)
+            return
+        self._fan_out(event, execution_id)
+        if again:  # what was missed while this snapshot was on its way may be newer than it
+            self._schedule_resync(execution_id)
 
     def _retry_failed_resyncs(self) -> None:
         failed, self._failed_resyncs = self._failed_resyncs, {}

@@ -90,24 +90,34 @@ def report_progress(
     )
 
 
+def _await_file(path: object) -> None:
+    """Wait (up to 60 s) for a file a test creates to let a handler go on."""
+    deadline = time.monotonic() + 60.0
+    while not os.path.exists(str(path)) and time.monotonic() < deadline:
+        time.sleep(0.001)
+
+
 def report(ctx: JobContext) -> Any:
     """Report `params.n` progress updates over `params.axes` wells (each with
     `params.message`, if given), then return the count.
 
     With `params.go_file`, waits (up to 60 s) for that file to exist before reporting; with
     `params.done_file`, creates it once every update was handed to the transport. A test
-    uses the pair to know when the reports start and when they were all sent.
+    uses the pair to know when the reports start and when they were all sent. With
+    `params.pause_at` and `params.resume_file`, waits likewise for the second file after that
+    many updates, to hold the execution between two known points.
     """
     go_file = ctx.params.get("go_file")
     if go_file is not None:
-        deadline = time.monotonic() + 60.0
-        while not os.path.exists(str(go_file)) and time.monotonic() < deadline:
-            time.sleep(0.001)
+        _await_file(go_file)
     n = int(ctx.params.get("n", 10))
     axes = [str(a) for a in ctx.params.get("axes", ["A01"])]
     plate = str(ctx.params.get("plate_id", "plate"))
     message = ctx.params.get("message")
+    pause_at = ctx.params.get("pause_at")
     for i in range(n):
+        if i == pause_at:
+            _await_file(ctx.params["resume_file"])
         report_progress(ctx, i, n, axes, plate, None if message is None else str(message))
     done_file = ctx.params.get("done_file")
     if done_file is not None:
