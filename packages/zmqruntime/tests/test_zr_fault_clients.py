@@ -131,7 +131,14 @@ def test_a_slow_subscriber_under_200k_updates_resyncs_and_server_memory_stays_bo
                     for reply in replies:
                         outcome = await client.wait(reply.execution_id, timeout=240)
                         assert outcome.kind == "complete", outcome
-                    await asyncio.wait_for(final.wait(), 60)
+                    try:
+                        await asyncio.wait_for(final.wait(), 60)
+                    except TimeoutError:
+                        last = seen[-1] if seen else None
+                        raise AssertionError(
+                            f"the slow reader never learnt that {watched} ended: it read "
+                            f"{len(seen)} events, the last {last!r}; reader task: {reader!r}"
+                        ) from None
                 finally:
                     sampler.cancel()
                     reader.cancel()
