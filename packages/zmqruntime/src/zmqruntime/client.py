@@ -372,6 +372,10 @@ class ExecutionClient:
         `timeout`.
         """
         first = self._known_record(execution_id)
+        if first is not None and first.status.is_terminal:
+            # The poller's first look would end the run with it: skip the set-up (a batch
+            # waits on thousands of executions, most of them ended by then).
+            return terminal_outcome(execution_id, first)
 
         async def poll(exec_id: str) -> StatusObservation:
             nonlocal first
@@ -391,10 +395,6 @@ class ExecutionClient:
             liveness_timeout_seconds_value=liveness_timeout,
             on_poll_exception_fn=keep_polling,
         )
-        if first is not None and first.status.is_terminal:
-            # The poller's first look would end the run with it: skip the set-up (a batch
-            # waits on thousands of executions, most of them ended by then).
-            return terminal_outcome(execution_id, first)
         return await ExecutionStatusPoller().run(execution_id, policy, signals=self.signals)
 
     async def _request(self, message: Any, expected: type[_Reply], timeout: float | None) -> _Reply:
