@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from bench.harness import Measurement, time_per_call
+from bench.harness import Measurement, fastest_in_turns, time_per_call
 from zmqruntime.codec import WireCodec
 from zmqruntime.messages import Submit
 from zmqruntime.progress import ProgressUpdate
@@ -49,13 +49,15 @@ def _ratio_row(
 def _paired(
     ours: Callable[[], object], baseline: Callable[[], object], min_time: float
 ) -> tuple[float, float]:
-    """Seconds per call of both, measured alternately; the minimum of each over the rounds
-    (other processes on a shared machine only ever add time)."""
-    mine, theirs = [], []
-    for _ in range(_ROUNDS):
-        mine.append(time_per_call(ours, min_time=min_time, repeat=1))
-        theirs.append(time_per_call(baseline, min_time=min_time, repeat=1))
-    return min(mine), min(theirs)
+    """Seconds per call of both, measured in turns; the minimum of each over the rounds."""
+    best = fastest_in_turns(
+        {
+            "ours": lambda: time_per_call(ours, min_time=min_time, repeat=1),
+            "baseline": lambda: time_per_call(baseline, min_time=min_time, repeat=1),
+        },
+        _ROUNDS,
+    )
+    return best["ours"], best["baseline"]
 
 
 class _DecodeLoop:
