@@ -24,7 +24,6 @@ from zmqruntime.codec import (
     UnsupportedProtocol,
     WireCodec,
     WireError,
-    copy_is_cheaper,
     recv_frames,
     send_frames,
 )
@@ -194,7 +193,6 @@ __all__ = [
     "WorkerInfo",
     "WorkerReady",
     "WorkerStarted",
-    "copy_is_cheaper",
     "new_key",
     "recv_frames",
     "run_blocking",

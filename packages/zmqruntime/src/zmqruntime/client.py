@@ -527,16 +527,13 @@ class ExecutionClient:
             self.signals.notify_heartbeat(epoch)
             self._retry_failed_resyncs()
             self._fan_out(message, None)
-        elif isinstance(message, ProgressUpdate):
-            execution_id = message.execution_id
+        elif isinstance(message, ProgressUpdate | ProgressBatch):
+            # A batch is its updates, one execution's, each handled as if it came alone.
+            updates = message.updates if isinstance(message, ProgressBatch) else (message,)
+            execution_id = updates[0].execution_id
             # Progress shows the server alive; only a status transition is worth a look.
             self.signals.notify_event(execution_id, epoch, wake=False)
-            self._check_sequence(execution_id, message.seq)
-            self._fan_out(message, execution_id)
-        elif isinstance(message, ProgressBatch):
-            execution_id = message.updates[0].execution_id
-            self.signals.notify_event(execution_id, epoch, wake=False)
-            for update in message.updates:
+            for update in updates:
                 self._check_sequence(execution_id, update.seq)
                 self._fan_out(update, execution_id)
         elif isinstance(message, ExecutionEvent):

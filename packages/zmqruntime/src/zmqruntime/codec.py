@@ -51,7 +51,6 @@ __all__ = [
     "UnsupportedProtocol",
     "WireCodec",
     "WireError",
-    "copy_is_cheaper",
     "protocol_problem",
     "recv_frames",
     "send_frames",
@@ -179,12 +178,6 @@ class Envelope:
 
 
 _ENCODER: Final = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
-
-
-def copy_is_cheaper(frames: Sequence[Frame]) -> bool:
-    """True when every frame is `bytes` (small: `encode` only returns views for large array
-    frames): copying those into ZeroMQ costs less than sending them zero-copy."""
-    return all(type(frame) is bytes for frame in frames)
 
 
 _NOBLOCK: Final = int(zmq.NOBLOCK)
